@@ -1,0 +1,1177 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * vmaflags conformance executor: runs one script (conformance/SCRIPT.md) on the running kernel
+ * and prints, after every step, the return value, PR_GET_THP_DISABLE, THP_enabled and the
+ * arena's VMAs as /proc/self/smaps shows them.
+ *
+ *   executor SCRIPT        (a path, or - for standard input)
+ *   executor --version
+ *
+ * Static, libc + uapi headers only; runs on 3.15 .. 6.18 kernels (missing features degrade to
+ * "-" or to the syscall's -ENAME).  Build: cc -static -O2 -Wall -Wextra -Werror [-DCLR_HUGEPAGE=N]
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/userfaultfd.h>
+
+#define EXECUTOR_VERSION "vmaflags-executor 1"
+
+#ifndef CLR_HUGEPAGE
+#define CLR_HUGEPAGE 26
+#endif
+
+/* ---- constants old headers may lack -------------------------------------------------------- */
+#ifndef MADV_HUGEPAGE
+#define MADV_HUGEPAGE 14
+#endif
+#ifndef MADV_NOHUGEPAGE
+#define MADV_NOHUGEPAGE 15
+#endif
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+#ifndef PR_SET_THP_DISABLE
+#define PR_SET_THP_DISABLE 41
+#endif
+#ifndef PR_GET_THP_DISABLE
+#define PR_GET_THP_DISABLE 42
+#endif
+#ifndef PR_THP_DISABLE_EXCEPT_ADVISED
+#define PR_THP_DISABLE_EXCEPT_ADVISED (1 << 1)
+#endif
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+#ifndef MAP_NORESERVE
+#define MAP_NORESERVE 0x4000
+#endif
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+#ifndef UFFD_FEATURE_SIGBUS
+#define UFFD_FEATURE_SIGBUS (1 << 7)
+#endif
+#ifndef UFFDIO_REGISTER_MODE_WP
+#define UFFDIO_REGISTER_MODE_WP ((__u64)1 << 1)
+#endif
+#ifndef __NR_userfaultfd
+#if defined(__x86_64__)
+#define __NR_userfaultfd 323
+#elif defined(__aarch64__)
+#define __NR_userfaultfd 282
+#elif defined(__i386__)
+#define __NR_userfaultfd 374
+#endif
+#endif
+#ifndef __NR_memfd_create
+#if defined(__x86_64__)
+#define __NR_memfd_create 319
+#elif defined(__aarch64__)
+#define __NR_memfd_create 279
+#elif defined(__i386__)
+#define __NR_memfd_create 356
+#endif
+#endif
+
+#define ARENA_BASE 0x100000000000UL
+#define PMD_SIZE (2UL << 20)
+#define ARENA_MAX 64 /* model: arena 1..64 */
+
+/* ---- small output helpers (write(2), no stdio buffering) ----------------------------------- */
+struct sbuf {
+	char *p;
+	size_t len, cap;
+};
+
+static void sb_reserve(struct sbuf *b, size_t more)
+{
+	if (b->len + more <= b->cap)
+		return;
+	size_t cap = b->cap ? b->cap : 4096;
+	while (cap < b->len + more)
+		cap *= 2;
+	char *p = realloc(b->p, cap);
+	if (!p) {
+		static const char m[] = "executor: out of memory\n";
+		if (write(2, m, sizeof(m) - 1) < 0) { /* nothing to do */ }
+		_exit(1);
+	}
+	b->p = p;
+	b->cap = cap;
+}
+
+static void sb_mem(struct sbuf *b, const char *s, size_t n)
+{
+	sb_reserve(b, n);
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+}
+
+static void sb_str(struct sbuf *b, const char *s) { sb_mem(b, s, strlen(s)); }
+
+static void sb_chr(struct sbuf *b, char c) { sb_mem(b, &c, 1); }
+
+static void sb_u64(struct sbuf *b, uint64_t v)
+{
+	char t[24];
+	int i = sizeof(t);
+	do {
+		t[--i] = '0' + v % 10;
+		v /= 10;
+	} while (v);
+	sb_mem(b, t + i, sizeof(t) - i);
+}
+
+static void sb_i64(struct sbuf *b, int64_t v)
+{
+	if (v < 0) {
+		sb_chr(b, '-');
+		sb_u64(b, -(uint64_t)v);
+	} else {
+		sb_u64(b, v);
+	}
+}
+
+static void sb_hex(struct sbuf *b, int64_t sv)
+{
+	char t[24];
+	int i = sizeof(t);
+	uint64_t v = sv < 0 ? -(uint64_t)sv : (uint64_t)sv;
+	do {
+		t[--i] = "0123456789abcdef"[v & 15];
+		v >>= 4;
+	} while (v);
+	if (sv < 0)
+		sb_chr(b, '-');
+	sb_mem(b, "0x", 2);
+	sb_mem(b, t + i, sizeof(t) - i);
+}
+
+static void write_all(int fd, const char *p, size_t n)
+{
+	while (n) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return;
+		}
+		p += w;
+		n -= w;
+	}
+}
+
+/* ---- errno names --------------------------------------------------------------------------- */
+static const struct {
+	int num;
+	const char *name;
+} errnames[] = {
+	{EPERM, "EPERM"},     {ENOENT, "ENOENT"},   {ESRCH, "ESRCH"},       {EINTR, "EINTR"},
+	{EIO, "EIO"},         {ENXIO, "ENXIO"},     {E2BIG, "E2BIG"},       {ENOEXEC, "ENOEXEC"},
+	{EBADF, "EBADF"},     {ECHILD, "ECHILD"},   {EAGAIN, "EAGAIN"},     {ENOMEM, "ENOMEM"},
+	{EACCES, "EACCES"},   {EFAULT, "EFAULT"},   {EBUSY, "EBUSY"},       {EEXIST, "EEXIST"},
+	{EXDEV, "EXDEV"},     {ENODEV, "ENODEV"},   {ENOTDIR, "ENOTDIR"},   {EISDIR, "EISDIR"},
+	{EINVAL, "EINVAL"},   {ENFILE, "ENFILE"},   {EMFILE, "EMFILE"},     {ENOTTY, "ENOTTY"},
+	{ETXTBSY, "ETXTBSY"}, {EFBIG, "EFBIG"},     {ENOSPC, "ENOSPC"},     {ESPIPE, "ESPIPE"},
+	{EROFS, "EROFS"},     {EMLINK, "EMLINK"},   {EPIPE, "EPIPE"},       {EDOM, "EDOM"},
+	{ERANGE, "ERANGE"},   {EDEADLK, "EDEADLK"}, {ENAMETOOLONG, "ENAMETOOLONG"},
+	{ENOSYS, "ENOSYS"},   {ELOOP, "ELOOP"},     {EOVERFLOW, "EOVERFLOW"},
+	{EOPNOTSUPP, "EOPNOTSUPP"},                 {ECANCELED, "ECANCELED"},
+	{EHWPOISON, "EHWPOISON"},                   {ENODATA, "ENODATA"},
+	{524, "ENOTSUPP"}, /* kernel-internal, leaks from some paths */
+};
+
+static void sb_errno(struct sbuf *b, int e)
+{
+	sb_chr(b, '-');
+	for (size_t i = 0; i < sizeof(errnames) / sizeof(errnames[0]); i++)
+		if (errnames[i].num == e) {
+			sb_str(b, errnames[i].name);
+			return;
+		}
+	sb_chr(b, 'E');
+	sb_u64(b, (unsigned)e);
+}
+
+/* ---- the script ---------------------------------------------------------------------------- */
+enum op {
+	OP_MMAP, OP_MUNMAP, OP_TOUCH, OP_MADVISE, OP_PRCTL_SET, OP_PRCTL_GET, OP_UFFD_REGISTER,
+	OP_UFFD_UNREGISTER, OP_UFFD_COPY, OP_UFFD_CLOSE, OP_FORK, OP_EXECVE, OP_SYSFS,
+	OP_KHUGEPAGED,
+};
+
+static const struct {
+	const char *name;
+	enum op op;
+} opnames[] = {
+	{"mmap", OP_MMAP},
+	{"munmap", OP_MUNMAP},
+	{"touch", OP_TOUCH},
+	{"madvise", OP_MADVISE},
+	{"prctl_set", OP_PRCTL_SET},
+	{"prctl_get", OP_PRCTL_GET},
+	{"uffd_register", OP_UFFD_REGISTER},
+	{"uffd_unregister", OP_UFFD_UNREGISTER},
+	{"uffd_copy", OP_UFFD_COPY},
+	{"uffd_close", OP_UFFD_CLOSE},
+	{"fork", OP_FORK},
+	{"execve", OP_EXECVE},
+	{"sysfs", OP_SYSFS},
+	{"khugepaged", OP_KHUGEPAGED},
+};
+
+struct step {
+	enum op op;
+	int line;
+	uint64_t off, len;
+	int adv;        /* madvise */
+	int clr;        /* madvise clr_hugepage: the advice is resolved at run time */
+	uint64_t a[4];  /* prctl raw arguments */
+	uint64_t mode;  /* uffd_register mode bits */
+	const char *s;  /* sysfs mode */
+	uint64_t ms;    /* khugepaged */
+};
+
+static struct step *steps;
+static size_t nsteps;
+static unsigned arena_blocks = 4;
+static char *script_text;
+static size_t script_len;
+
+static int parse_line_no;
+
+__attribute__((noreturn, format(printf, 1, 2))) static void parse_fail(const char *fmt, ...);
+
+static void parse_fail(const char *fmt, ...)
+{
+	char msg[512];
+	int n = snprintf(msg, sizeof(msg), "executor: line %d: ", parse_line_no);
+	va_list ap;
+	va_start(ap, fmt);
+	n += vsnprintf(msg + n, sizeof(msg) - n - 1, fmt, ap);
+	va_end(ap);
+	if (n > (int)sizeof(msg) - 2)
+		n = sizeof(msg) - 2;
+	msg[n++] = '\n';
+	write_all(2, msg, n);
+	exit(2);
+}
+
+/* Sizes, like the model's _size: (0x[0-9a-fA-F]+|[0-9]+)[KM]? */
+static int parse_size(const char *t, uint64_t *out)
+{
+	uint64_t v = 0;
+	const char *p = t;
+	int digits = 0;
+	if (p[0] == '0' && p[1] == 'x') {
+		p += 2;
+		for (; *p; p++, digits++) {
+			int d;
+			if (*p >= '0' && *p <= '9') d = *p - '0';
+			else if (*p >= 'a' && *p <= 'f') d = *p - 'a' + 10;
+			else if (*p >= 'A' && *p <= 'F') d = *p - 'A' + 10;
+			else break;
+			if (v >> 60)
+				return -1;
+			v = v * 16 + d;
+		}
+	} else {
+		for (; *p >= '0' && *p <= '9'; p++, digits++) {
+			if (v > (UINT64_MAX - 9) / 10)
+				return -1;
+			v = v * 10 + (*p - '0');
+		}
+	}
+	if (!digits)
+		return -1;
+	unsigned shift = 0;
+	if (*p == 'K') shift = 10, p++;
+	else if (*p == 'M') shift = 20, p++;
+	if (*p)
+		return -1;
+	if (shift && (v >> (64 - shift)))
+		return -1;
+	*out = v << shift;
+	return 0;
+}
+
+/* Integers, like Python's int(tok, 0): optional sign, 0x/0o/0b prefix or decimal (no leading 0). */
+static int parse_int(const char *t, int64_t *out)
+{
+	const char *p = t;
+	int neg = 0;
+	if (*p == '+' || *p == '-')
+		neg = *p++ == '-';
+	unsigned base = 10;
+	if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) base = 16, p += 2;
+	else if (p[0] == '0' && (p[1] == 'o' || p[1] == 'O')) base = 8, p += 2;
+	else if (p[0] == '0' && (p[1] == 'b' || p[1] == 'B')) base = 2, p += 2;
+	const char *digits = p;
+	uint64_t v = 0;
+	for (; *p; p++) {
+		unsigned d;
+		if (*p == '_' && p != digits && p[1] && p[1] != '_')
+			continue;
+		if (*p >= '0' && *p <= '9') d = *p - '0';
+		else if (*p >= 'a' && *p <= 'z') d = *p - 'a' + 10;
+		else if (*p >= 'A' && *p <= 'Z') d = *p - 'A' + 10;
+		else return -1;
+		if (d >= base)
+			return -1;
+		if (v > (UINT64_MAX - d) / base)
+			return -1;
+		v = v * base + d;
+	}
+	if (p == digits)
+		return -1;
+	if (base == 10 && digits[0] == '0') /* "007" is an error in Python, "000" is not */
+		for (const char *q = digits; q < p; q++)
+			if (*q != '0' && *q != '_')
+				return -1;
+	if (neg ? v > (uint64_t)INT64_MAX + 1 : v > UINT64_MAX)
+		return -1;
+	*out = neg ? (int64_t)(0 - v) : (int64_t)v;
+	return 0;
+}
+
+static uint64_t need_size(const char *t)
+{
+	uint64_t v;
+	if (parse_size(t, &v))
+		parse_fail("bad size '%s'", t);
+	return v;
+}
+
+static int64_t need_int(const char *t)
+{
+	int64_t v;
+	if (parse_int(t, &v))
+		parse_fail("bad number '%s'", t);
+	return v;
+}
+
+static int is_space(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f'; }
+
+static void parse_script(char *text, size_t len)
+{
+	size_t cap = 0;
+	char *p = text, *end = text + len;
+	int lineno = 0;
+	while (p < end) {
+		char *nl = memchr(p, '\n', end - p);
+		char *eol = nl ? nl : end;
+		lineno++;
+		parse_line_no = lineno;
+		char *hash = memchr(p, '#', eol - p);
+		if (hash)
+			eol = hash;
+		*eol = 0; /* the text is ours; execve re-reads the file, not this copy */
+		char *tok[8];
+		int nt = 0;
+		char *q = p;
+		while (*q) {
+			while (*q && is_space(*q))
+				q++;
+			if (!*q)
+				break;
+			if (nt == 8)
+				parse_fail("too many arguments");
+			tok[nt++] = q;
+			while (*q && !is_space(*q))
+				q++;
+			if (*q)
+				*q++ = 0;
+		}
+		p = nl ? nl + 1 : end;
+		if (!nt)
+			continue;
+		if (!strcmp(tok[0], "arena")) {
+			if (nsteps)
+				parse_fail("arena must come before the first step");
+			int64_t n = 0;
+			if (nt != 2 || parse_int(tok[1], &n) || n < 1 || n > ARENA_MAX)
+				parse_fail("arena takes a block count from 1 to %d", ARENA_MAX);
+			arena_blocks = n;
+			continue;
+		}
+		struct step s;
+		memset(&s, 0, sizeof(s));
+		s.line = lineno;
+		size_t k;
+		for (k = 0; k < sizeof(opnames) / sizeof(opnames[0]); k++)
+			if (!strcmp(tok[0], opnames[k].name))
+				break;
+		if (k == sizeof(opnames) / sizeof(opnames[0]))
+			parse_fail("unknown step '%s'", tok[0]);
+		s.op = opnames[k].op;
+		int nargs = nt - 1;
+		switch (s.op) {
+		case OP_PRCTL_SET:
+		case OP_PRCTL_GET:
+			if (nargs > 4)
+				parse_fail("%s takes at most 4 arguments", tok[0]);
+			for (int i = 0; i < nargs; i++)
+				s.a[i] = (uint64_t)need_int(tok[1 + i]);
+			break;
+		case OP_MMAP:
+		case OP_MUNMAP:
+		case OP_TOUCH:
+		case OP_UFFD_UNREGISTER:
+		case OP_UFFD_COPY:
+		case OP_MADVISE:
+		case OP_UFFD_REGISTER: {
+			int want = (s.op == OP_MADVISE || s.op == OP_UFFD_REGISTER) ? 3 : 2;
+			if (nargs != want)
+				parse_fail("%s takes %d arguments", tok[0], want);
+			s.off = need_size(tok[1]);
+			s.len = need_size(tok[2]);
+			if (s.op == OP_MADVISE) {
+				const char *a = tok[3];
+				if (!strcmp(a, "hugepage")) s.adv = MADV_HUGEPAGE;
+				else if (!strcmp(a, "nohugepage")) s.adv = MADV_NOHUGEPAGE;
+				else if (!strcmp(a, "collapse")) s.adv = MADV_COLLAPSE;
+				else if (!strcmp(a, "clr_hugepage")) s.clr = 1;
+				else {
+					int64_t v = need_int(a);
+					if (v < INT_MIN || v > INT_MAX)
+						parse_fail("bad advice '%s'", a);
+					s.adv = (int)v;
+				}
+			} else if (s.op == OP_UFFD_REGISTER) {
+				char *m = tok[3];
+				for (;;) {
+					char *plus = strchr(m, '+');
+					if (plus)
+						*plus = 0;
+					if (!strcmp(m, "missing")) s.mode |= UFFDIO_REGISTER_MODE_MISSING;
+					else if (!strcmp(m, "wp")) s.mode |= UFFDIO_REGISTER_MODE_WP;
+					else parse_fail("bad uffd mode (missing, wp or missing+wp)");
+					if (!plus)
+						break;
+					m = plus + 1;
+				}
+			}
+			break;
+		}
+		case OP_SYSFS:
+			if (nargs != 1 || (strcmp(tok[1], "always") && strcmp(tok[1], "madvise") &&
+					   strcmp(tok[1], "never")))
+				parse_fail("sysfs takes one of always, madvise, never");
+			s.s = tok[1];
+			break;
+		case OP_KHUGEPAGED:
+			if (nargs > 1)
+				parse_fail("khugepaged takes at most 1 argument");
+			if (nargs) {
+				int64_t v = need_int(tok[1]);
+				if (v < 0)
+					parse_fail("bad number '%s'", tok[1]);
+				s.ms = v;
+			}
+			break;
+		default:
+			if (nargs)
+				parse_fail("%s takes no arguments", tok[0]);
+		}
+		if (nsteps == cap) {
+			cap = cap ? cap * 2 : 64;
+			steps = realloc(steps, cap * sizeof(*steps));
+			if (!steps)
+				parse_fail("out of memory");
+		}
+		steps[nsteps++] = s;
+	}
+}
+
+/* ---- process state ------------------------------------------------------------------------- */
+static uintptr_t base = ARENA_BASE;
+static uint64_t arena_len;
+static long page_size;
+static long clr_hugepage = CLR_HUGEPAGE;
+static const char *script_arg; /* path given on the command line ("-" = stdin) */
+static const char *argv0;
+static int uffd = -1;
+static int uffd_sigbus; /* the open uffd has UFFD_FEATURE_SIGBUS */
+static char *pattern;
+static size_t pattern_len;
+static int script_fd = -1; /* memfd holding a stdin script, for execve */
+
+/* /proc files kept open between steps (pread from 0 re-generates a seq_file) */
+struct procfile {
+	const char *path;
+	int fd;
+};
+static struct procfile smaps_pf = {"/proc/self/smaps", -1};
+static struct procfile status_pf = {"/proc/self/status", -1};
+
+static char static_rbuf[1 << 20];
+static char *rbuf = static_rbuf;
+static size_t rbuf_cap = sizeof(static_rbuf);
+
+/* Read a whole /proc file into rbuf; returns its length or -1. */
+static ssize_t proc_read(struct procfile *pf)
+{
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (pf->fd < 0) {
+			pf->fd = open(pf->path, O_RDONLY | O_CLOEXEC);
+			if (pf->fd < 0)
+				return -1;
+		} else if (lseek(pf->fd, 0, SEEK_SET) < 0) {
+			close(pf->fd);
+			pf->fd = -1;
+			continue;
+		}
+		size_t n = 0;
+		for (;;) {
+			if (n == rbuf_cap) {
+				size_t cap = rbuf_cap * 2;
+				char *p = rbuf == static_rbuf ? malloc(cap) : realloc(rbuf, cap);
+				if (!p)
+					return -1;
+				if (rbuf == static_rbuf)
+					memcpy(p, static_rbuf, n);
+				rbuf = p;
+				rbuf_cap = cap;
+			}
+			ssize_t r = read(pf->fd, rbuf + n, rbuf_cap - n);
+			if (r < 0) {
+				if (errno == EINTR)
+					continue;
+				break;
+			}
+			if (r == 0)
+				return n;
+			n += r;
+		}
+		close(pf->fd); /* a read error: retry once on a fresh fd */
+		pf->fd = -1;
+	}
+	return -1;
+}
+
+static void proc_forget(void) /* after fork: the open files describe the parent */
+{
+	if (smaps_pf.fd >= 0)
+		close(smaps_pf.fd);
+	if (status_pf.fd >= 0)
+		close(status_pf.fd);
+	smaps_pf.fd = status_pf.fd = -1;
+}
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9') return c - '0';
+	if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+	return -1;
+}
+
+/* After "Key:" at p (line ends at e): the first token, as [*ts, *te). */
+static void first_token(const char *p, const char *e, const char **ts, const char **te)
+{
+	while (p < e && (*p == ' ' || *p == '\t'))
+		p++;
+	*ts = p;
+	while (p < e && *p != ' ' && *p != '\t' && *p != '\r')
+		p++;
+	*te = p;
+}
+
+static int key_is(const char *p, const char *e, const char *key, size_t klen)
+{
+	return (size_t)(e - p) >= klen && !memcmp(p, key, klen);
+}
+
+struct vma_rec {
+	uint64_t start, end;
+	unsigned flags; /* 1 hg, 2 nh, 4 um, 8 uw */
+	const char *elig, *elig_end;
+	const char *ahp, *ahp_end;
+};
+
+static void emit_vma(struct sbuf *o, const struct vma_rec *v, int *first)
+{
+	static const char *const fl[] = {"hg", "nh", "um", "uw"};
+	if (!*first)
+		sb_chr(o, ',');
+	*first = 0;
+	sb_hex(o, (int64_t)(v->start - base));
+	sb_chr(o, '-');
+	sb_hex(o, (int64_t)(v->end - base));
+	sb_chr(o, ':');
+	if (!v->flags) {
+		sb_chr(o, '-');
+	} else {
+		int n = 0;
+		for (int i = 0; i < 4; i++)
+			if (v->flags & (1u << i)) {
+				if (n++)
+					sb_chr(o, '+');
+				sb_str(o, fl[i]);
+			}
+	}
+	sb_chr(o, ':');
+	if (v->elig && v->elig_end > v->elig)
+		sb_mem(o, v->elig, v->elig_end - v->elig);
+	else
+		sb_chr(o, '-');
+	sb_chr(o, ':');
+	if (v->ahp && v->ahp_end > v->ahp)
+		sb_mem(o, v->ahp, v->ahp_end - v->ahp);
+	else
+		sb_chr(o, '-');
+}
+
+/* Append the arena's VMAs (those that intersect [base, base+arena_len)) from smaps. */
+static void observe_vmas(struct sbuf *o)
+{
+	ssize_t n = proc_read(&smaps_pf);
+	if (n < 0) {
+		sb_chr(o, '?');
+		return;
+	}
+	const char *p = rbuf, *end = rbuf + n;
+	const uint64_t lo = base, hi = base + arena_len;
+	struct vma_rec v;
+	int in = 0, first = 1;
+	while (p < end) {
+		const char *e = memchr(p, '\n', end - p);
+		if (!e)
+			e = end;
+		char c = *p;
+		if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')) {
+			/* a VMA header: "start-end perms offset dev inode [path]" */
+			if (in)
+				emit_vma(o, &v, &first);
+			uint64_t s = 0, t = 0;
+			const char *q = p;
+			int d;
+			while (q < e && (d = hexval(*q)) >= 0)
+				s = s * 16 + d, q++;
+			if (q < e && *q == '-')
+				q++;
+			while (q < e && (d = hexval(*q)) >= 0)
+				t = t * 16 + d, q++;
+			in = s < hi && t > lo;
+			if (in) {
+				memset(&v, 0, sizeof(v));
+				v.start = s;
+				v.end = t;
+			}
+		} else if (in) {
+			const char *ts, *te;
+			if (c == 'V' && key_is(p, e, "VmFlags:", 8)) {
+				const char *q = p + 8;
+				for (;;) {
+					first_token(q, e, &ts, &te);
+					if (ts == te)
+						break;
+					if (te - ts == 2) {
+						if (ts[0] == 'h' && ts[1] == 'g') v.flags |= 1;
+						else if (ts[0] == 'n' && ts[1] == 'h') v.flags |= 2;
+						else if (ts[0] == 'u' && ts[1] == 'm') v.flags |= 4;
+						else if (ts[0] == 'u' && ts[1] == 'w') v.flags |= 8;
+					}
+					q = te;
+				}
+			} else if (c == 'T' && key_is(p, e, "THPeligible:", 12)) {
+				first_token(p + 12, e, &ts, &te);
+				v.elig = ts, v.elig_end = te;
+			} else if (c == 'A' && key_is(p, e, "AnonHugePages:", 14)) {
+				first_token(p + 14, e, &ts, &te);
+				v.ahp = ts, v.ahp_end = te;
+			}
+		}
+		p = e + 1;
+	}
+	if (in)
+		emit_vma(o, &v, &first);
+}
+
+static void observe_thp_enabled(struct sbuf *o)
+{
+	ssize_t n = proc_read(&status_pf);
+	if (n > 0) {
+		const char *end = rbuf + n;
+		const char *p = memmem(rbuf, n, "\nTHP_enabled:", 13);
+		if (p) {
+			const char *e = memchr(p + 1, '\n', end - p - 1);
+			const char *ts, *te;
+			first_token(p + 13, e ? e : end, &ts, &te);
+			if (te > ts) {
+				sb_mem(o, ts, te - ts);
+				return;
+			}
+		}
+	}
+	sb_chr(o, '-');
+}
+
+static struct sbuf out;
+
+/* Print "<label> ret=<ret> get=.. thp=.. vmas=.." in one write. */
+static void report(const char *label, const char *ret)
+{
+	out.len = 0;
+	sb_str(&out, label);
+	sb_str(&out, " ret=");
+	sb_str(&out, ret);
+	sb_str(&out, " get=");
+	long g = prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0);
+	if (g < 0)
+		sb_errno(&out, errno);
+	else
+		sb_i64(&out, g);
+	sb_str(&out, " thp=");
+	observe_thp_enabled(&out);
+	sb_str(&out, " vmas=");
+	observe_vmas(&out);
+	sb_chr(&out, '\n');
+	write_all(1, out.p, out.len);
+}
+
+/* ---- the arena ------------------------------------------------------------------------------ */
+static void setup_arena(void)
+{
+	arena_len = (uint64_t)arena_blocks * PMD_SIZE;
+	size_t rlen = arena_len + 2 * PMD_SIZE;
+	void *want = (void *)(base - PMD_SIZE);
+	int fl = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+	void *p = mmap(want, rlen, PROT_NONE, fl | MAP_FIXED_NOREPLACE, -1, 0);
+	if (p != MAP_FAILED && p != want) {
+		/* a kernel before 4.17 took NOREPLACE as a hint and put it elsewhere */
+		munmap(p, rlen);
+		p = MAP_FAILED;
+	}
+	if (p == MAP_FAILED && errno != EEXIST)
+		p = mmap(want, rlen, PROT_NONE, fl | MAP_FIXED, -1, 0);
+	if (p != want) {
+		char m[160];
+		int n = snprintf(m, sizeof(m), "executor: cannot reserve the arena at %#lx: %s\n",
+				 (unsigned long)want, strerror(errno));
+		write_all(2, m, n);
+		exit(1);
+	}
+	if (munmap((void *)base, arena_len)) {
+		write_all(2, "executor: cannot empty the arena\n", 33);
+		exit(1);
+	}
+}
+
+/* ---- touch: faults become results ---------------------------------------------------------- */
+static sigjmp_buf touch_env;
+static volatile sig_atomic_t touching;
+
+static void on_fault(int sig)
+{
+	if (touching) {
+		touching = 0;
+		siglongjmp(touch_env, sig);
+	}
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+static void install_handlers(void)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_fault;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGSEGV, &sa, NULL);
+	sigaction(SIGBUS, &sa, NULL);
+	sigaction(SIGALRM, &sa, NULL);
+}
+
+static const char *do_touch(const struct step *s)
+{
+	static volatile char *volatile addr;
+	static volatile uintptr_t stop;
+	addr = (volatile char *)(base + s->off);
+	stop = base + s->off + s->len;
+	/*
+	 * Without UFFD_FEATURE_SIGBUS (4.3..4.13) a missing fault in a registered range would
+	 * wait forever for a handler that is us; a timer turns that into TIMEOUT.
+	 */
+	static volatile int timed;
+	timed = uffd >= 0 && !uffd_sigbus;
+	int sig = sigsetjmp(touch_env, 1);
+	if (sig) {
+		if (timed)
+			setitimer(ITIMER_REAL, &(struct itimerval){{0, 0}, {0, 0}}, NULL);
+		return sig == SIGBUS ? "SIGBUS" : sig == SIGSEGV ? "SIGSEGV" : "TIMEOUT";
+	}
+	if (timed)
+		setitimer(ITIMER_REAL, &(struct itimerval){{0, 0}, {2, 0}}, NULL);
+	touching = 1;
+	while ((uintptr_t)addr < stop) {
+		*addr = 1;
+		addr = (volatile char *)(((uintptr_t)addr & ~(uintptr_t)(page_size - 1)) + page_size);
+	}
+	touching = 0;
+	if (timed)
+		setitimer(ITIMER_REAL, &(struct itimerval){{0, 0}, {0, 0}}, NULL);
+	return "0";
+}
+
+/* ---- userfaultfd ---------------------------------------------------------------------------- */
+static int uffd_try(int flags, __u64 features)
+{
+#ifdef __NR_userfaultfd
+	int fd = syscall(__NR_userfaultfd, flags);
+	if (fd < 0)
+		return -errno;
+	struct uffdio_api api = {.api = UFFD_API, .features = features};
+	if (ioctl(fd, UFFDIO_API, &api)) {
+		int e = errno;
+		close(fd);
+		return -e;
+	}
+	return fd;
+#else
+	(void)flags;
+	(void)features;
+	return -ENOSYS;
+#endif
+}
+
+/* Returns 0 or -errno. */
+static int uffd_open(void)
+{
+	if (uffd >= 0)
+		return 0;
+	int flags = O_CLOEXEC | O_NONBLOCK;
+	int fd = uffd_try(flags | UFFD_USER_MODE_ONLY, UFFD_FEATURE_SIGBUS);
+	if (fd == -EINVAL) /* before 5.11: no UFFD_USER_MODE_ONLY */
+		fd = uffd_try(flags, UFFD_FEATURE_SIGBUS);
+	uffd_sigbus = 1;
+	if (fd == -EINVAL) { /* before 4.14: no UFFD_FEATURE_SIGBUS (a fresh fd: API is one-shot) */
+		fd = uffd_try(flags | UFFD_USER_MODE_ONLY, 0);
+		if (fd == -EINVAL)
+			fd = uffd_try(flags, 0);
+		uffd_sigbus = 0;
+	}
+	if (fd < 0)
+		return fd;
+	uffd = fd;
+	return 0;
+}
+
+static int ioctl_ret(int r) { return r ? -errno : 0; }
+
+static int do_uffd(const struct step *s)
+{
+	if (s->op == OP_UFFD_CLOSE) {
+		if (uffd < 0)
+			return -EBADF; /* close(-1): no userfaultfd is open */
+		int r = close(uffd);
+		uffd = -1;
+		return r ? -errno : 0;
+	}
+	int r = uffd_open();
+	if (r)
+		return r;
+	switch (s->op) {
+	case OP_UFFD_REGISTER: {
+		struct uffdio_register reg = {.range = {.start = base + s->off, .len = s->len},
+					      .mode = s->mode};
+		return ioctl_ret(ioctl(uffd, UFFDIO_REGISTER, &reg));
+	}
+	case OP_UFFD_UNREGISTER: {
+		struct uffdio_range rng = {.start = base + s->off, .len = s->len};
+		return ioctl_ret(ioctl(uffd, UFFDIO_UNREGISTER, &rng));
+	}
+	case OP_UFFD_COPY: {
+		size_t need = s->len ? (s->len + page_size - 1) & ~(uint64_t)(page_size - 1)
+				     : (size_t)page_size;
+		if (need > pattern_len) {
+			if (pattern)
+				munmap(pattern, pattern_len);
+			pattern = mmap(NULL, need, PROT_READ | PROT_WRITE,
+				       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+			if (pattern == MAP_FAILED) {
+				pattern = NULL;
+				pattern_len = 0;
+				return -ENOMEM;
+			}
+			pattern_len = need;
+			for (size_t i = 0; i < need; i += page_size) /* page i is 0x5a ^ i */
+				memset(pattern + i, 0x5a ^ (int)((i / page_size) & 0xff), page_size);
+		}
+		struct uffdio_copy cp = {.dst = base + s->off, .src = (uintptr_t)pattern,
+					 .len = s->len, .mode = 0};
+		return ioctl_ret(ioctl(uffd, UFFDIO_COPY, &cp));
+	}
+	default:
+		return -EINVAL;
+	}
+}
+
+/* ---- execve --------------------------------------------------------------------------------- */
+static int do_execve(size_t idx)
+{
+	char path_buf[64];
+	const char *path = script_arg;
+	if (!strcmp(script_arg, "-")) {
+		if (script_fd < 0) {
+			int fd = -1;
+#ifdef __NR_memfd_create
+			fd = syscall(__NR_memfd_create, "vmaflags-script", 0);
+#endif
+			if (fd < 0) { /* before 3.17: an unlinked temporary file */
+				static const char *const dirs[] = {"/tmp", "/dev/shm", "/run", "."};
+				for (size_t i = 0; fd < 0 && i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+					char tmpl[64];
+					snprintf(tmpl, sizeof(tmpl), "%s/vmaflags-XXXXXX", dirs[i]);
+					fd = mkstemp(tmpl);
+					if (fd >= 0)
+						unlink(tmpl);
+				}
+			}
+			if (fd < 0)
+				return -errno;
+			size_t done = 0;
+			while (done < script_len) {
+				ssize_t w = write(fd, script_text + done, script_len - done);
+				if (w < 0) {
+					int e = errno;
+					close(fd);
+					return -e;
+				}
+				done += w;
+			}
+			script_fd = fd;
+		}
+		snprintf(path_buf, sizeof(path_buf), "/proc/self/fd/%d", script_fd);
+		path = path_buf;
+	}
+	char resume[32];
+	snprintf(resume, sizeof(resume), "--resume=%zu", idx);
+	char *const args[] = {(char *)argv0, resume, (char *)path, NULL};
+	extern char **environ;
+	execve("/proc/self/exe", args, environ);
+	return -errno;
+}
+
+/* ---- the loop ------------------------------------------------------------------------------- */
+static void run_step(size_t idx)
+{
+	const struct step *s = &steps[idx];
+	char label[32], retbuf[48];
+	snprintf(label, sizeof(label), "%zu", idx + 1);
+	struct sbuf rb = {retbuf, 0, sizeof(retbuf)};
+	const char *ret = NULL;
+	long r = 0;
+	void *a = (void *)(base + s->off);
+
+	switch (s->op) {
+	case OP_MMAP: {
+		void *p = mmap(a, s->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+			       -1, 0);
+		r = p == MAP_FAILED ? -errno : 0;
+		break;
+	}
+	case OP_MUNMAP:
+		r = munmap(a, s->len) ? -errno : 0;
+		break;
+	case OP_TOUCH:
+		ret = do_touch(s);
+		break;
+	case OP_MADVISE: {
+		r = madvise(a, s->len, s->clr ? (int)clr_hugepage : s->adv) ? -errno : 0;
+		break;
+	}
+	case OP_PRCTL_SET:
+	case OP_PRCTL_GET:
+		r = prctl(s->op == OP_PRCTL_SET ? PR_SET_THP_DISABLE : PR_GET_THP_DISABLE,
+			  (unsigned long)s->a[0], (unsigned long)s->a[1], (unsigned long)s->a[2],
+			  (unsigned long)s->a[3]);
+		if (r < 0)
+			r = -errno;
+		break;
+	case OP_UFFD_REGISTER:
+	case OP_UFFD_UNREGISTER:
+	case OP_UFFD_COPY:
+	case OP_UFFD_CLOSE:
+		r = do_uffd(s);
+		break;
+	case OP_FORK: {
+		pid_t pid = fork();
+		if (pid == 0) {
+			proc_forget();
+			char cl[32];
+			snprintf(cl, sizeof(cl), "%zuc", idx + 1);
+			report(cl, "0");
+			_exit(0);
+		}
+		if (pid < 0) {
+			r = -errno;
+		} else {
+			while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+				;
+			r = 0;
+		}
+		break;
+	}
+	case OP_EXECVE:
+		r = do_execve(idx); /* returns only on failure */
+		break;
+	case OP_SYSFS: {
+		int fd = open("/sys/kernel/mm/transparent_hugepage/enabled", O_WRONLY | O_CLOEXEC);
+		if (fd < 0) {
+			r = -errno;
+		} else {
+			r = write(fd, s->s, strlen(s->s)) < 0 ? -errno : 0;
+			close(fd);
+		}
+		break;
+	}
+	case OP_KHUGEPAGED: {
+		struct timespec ts = {(time_t)(s->ms / 1000), (long)(s->ms % 1000) * 1000000L};
+		while (nanosleep(&ts, &ts) && errno == EINTR)
+			;
+		r = 0;
+		break;
+	}
+	}
+	if (!ret) {
+		if (r < 0)
+			sb_errno(&rb, (int)-r);
+		else
+			sb_i64(&rb, r);
+		sb_chr(&rb, 0);
+		ret = retbuf;
+	}
+	report(label, ret);
+}
+
+static int read_script(const char *path)
+{
+	int fd = strcmp(path, "-") ? open(path, O_RDONLY | O_CLOEXEC) : 0;
+	if (fd < 0)
+		return -1;
+	size_t cap = 1 << 16, n = 0;
+	char *buf = malloc(cap + 1);
+	while (buf) {
+		if (n == cap) {
+			char *p = realloc(buf, cap * 2 + 1);
+			if (!p)
+				break;
+			buf = p;
+			cap *= 2;
+		}
+		ssize_t r = read(fd, buf + n, cap - n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			break;
+		if (!r) {
+			if (fd)
+				close(fd);
+			buf[n] = 0;
+			script_text = buf;
+			script_len = n;
+			return 0;
+		}
+		n += r;
+	}
+	int e = buf ? errno : ENOMEM;
+	free(buf);
+	if (fd)
+		close(fd);
+	errno = e;
+	return -1;
+}
+
+static void usage(void)
+{
+	static const char m[] = "usage: executor SCRIPT   (a path, or - for standard input)\n"
+				"       executor --version\n";
+	write_all(2, m, sizeof(m) - 1);
+	exit(2);
+}
+
+int main(int argc, char **argv)
+{
+	argv0 = argc ? argv[0] : "executor";
+	long resume = -1;
+	int i = 1;
+	if (argc == 2 && !strcmp(argv[1], "--version")) {
+		char m[96];
+		int n = snprintf(m, sizeof(m), "%s (clr_hugepage=%d)\n", EXECUTOR_VERSION,
+				 CLR_HUGEPAGE);
+		write_all(1, m, n);
+		return 0;
+	}
+	if (i < argc && !strncmp(argv[i], "--resume=", 9)) {
+		char *e;
+		resume = strtol(argv[i] + 9, &e, 10);
+		if (*e || resume < 0)
+			usage();
+		i++;
+	}
+	if (argc - i != 1)
+		usage();
+	script_arg = argv[i];
+
+	const char *env = getenv("VMAFLAGS_CLR_HUGEPAGE");
+	if (env && *env) {
+		int64_t v;
+		if (parse_int(env, &v) || v < INT_MIN || v > INT_MAX) {
+			write_all(2, "executor: bad VMAFLAGS_CLR_HUGEPAGE\n", 36);
+			return 2;
+		}
+		clr_hugepage = v;
+	}
+	if (read_script(script_arg)) {
+		char m[512];
+		int n = snprintf(m, sizeof(m), "executor: cannot read %s: %s\n", script_arg,
+				 strerror(errno));
+		write_all(2, m, n);
+		return 2;
+	}
+	/* parse a copy: execve needs the pristine text of a stdin script */
+	char *copy = malloc(script_len + 1);
+	if (!copy)
+		return 2;
+	memcpy(copy, script_text, script_len + 1);
+	parse_script(copy, script_len);
+	if (resume >= 0 && ((size_t)resume >= nsteps || steps[resume].op != OP_EXECVE)) {
+		write_all(2, "executor: --resume does not name an execve step\n", 48);
+		return 2;
+	}
+
+	page_size = sysconf(_SC_PAGESIZE);
+	setup_arena();
+	install_handlers();
+
+	size_t start = 0;
+	if (resume >= 0) {
+		char label[32];
+		snprintf(label, sizeof(label), "%ld", resume + 1);
+		report(label, "0");
+		start = resume + 1;
+	}
+	for (size_t k = start; k < nsteps; k++)
+		run_step(k);
+	return 0;
+}

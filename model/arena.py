@@ -1,0 +1,110 @@
+"""What the rules need to know about the arena's structure, for both backends.
+
+VMA extents (cells joined by `brk`), per-PMD facts (is the block inside one VMA, populated?),
+and the re-merge after a range operation.  These are the two non-pointwise parts of the model
+(design-notes.md): PMD fit and VMA merging.  Everything here loops over the (concrete) list of
+cells and builds backend values, so it serves the interpreter and the Z3 encoding alike.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from . import rules
+from .state import Cell, Mm, State
+from .syscalls import PMD_PAGES
+
+
+class View(NamedTuple):
+    """One cell seen as part of its VMA."""
+
+    same: Any  # continues the VMA of the previous cell
+    vstart: Any  # the VMA's first page
+    vend: Any  # one past the VMA's last page
+    fits: Any  # an aligned PMD lies inside the VMA
+
+
+def vma_views(B: Any, cs: list[Cell], nblocks: int) -> list[View]:
+    n = len(cs)
+    same = [B.F] * n
+    vstart: list[Any] = [0] * n
+    for i, c in enumerate(cs):
+        same[i] = B.and_(c.mapped, cs[i - 1].mapped, B.not_(c.brk)) if i else B.F
+        vstart[i] = B.ite(same[i], vstart[i - 1], c.start) if i else c.start
+    vend: list[Any] = [0] * n
+    for i in reversed(range(n)):
+        vend[i] = B.ite(same[i + 1], vend[i + 1], cs[i].end) if i + 1 < n else cs[i].end
+    return [View(same[i], vstart[i], vend[i],
+                 B.or_(*(B.and_(vstart[i] <= k * PMD_PAGES, (k + 1) * PMD_PAGES <= vend[i])
+                         for k in range(nblocks))))
+            for i in range(n)]
+
+
+def block_first(st: State) -> list[int]:
+    """Index (in the flat cell list) of each block's first cell."""
+    out, i = [], 0
+    for b in st.blocks:
+        out.append(i)
+        i += len(b.cells)
+    return out
+
+
+def in_one_vma(B: Any, block_cells: tuple[Cell, ...]) -> Any:
+    """The whole aligned PMD lies inside one VMA."""
+    return B.and_(*(c.mapped for c in block_cells), *(B.not_(c.brk) for c in block_cells[1:]))
+
+
+def khugepaged_eligible(B: Any, era: Any, c: Cell, v: View, mm: Mm, sysfs: Any) -> Any:
+    return rules.thp_vma_allowable(B, era, rules.KHUGEPAGED, c.flags, mm, sysfs,
+                                   B.not_(c.av == 0), v.fits)
+
+
+def remerge(B: Any, cs: list[Cell], mod: list[Any]) -> list[Cell]:
+    """Re-evaluate VMA boundaries after a range operation changed the cells marked `mod`.
+
+    A boundary with a changed VMA on either side goes iff the two sides are mergeable
+    (vma_merge_existing_range / vma_merge_new_range, mm/vma.c 6.12, which try prev, then next);
+    other boundaries stay.  Scanning left to right with the anon_vma of the VMA built so far
+    reproduces the kernel's choice when prev and next are not compatible with each other: the
+    changed VMA joins prev.  The merged VMA takes the one anon_vma it contains, if any.
+    """
+    n = len(cs)
+    out: list[Cell] = []
+    run = [0] * n
+    for i, c in enumerate(cs):
+        if i == 0:
+            same = B.F
+        else:
+            p = out[i - 1]
+            touched = B.or_(mod[i - 1], mod[i])
+            same = B.and_(c.mapped, p.mapped,
+                          B.ite(touched, rules.is_mergeable_vma(B, p, run[i - 1], c),
+                                B.not_(c.brk)))
+        run[i] = B.ite(same, B.ite(run[i - 1] == 0, c.av, run[i - 1]), c.av) if i else c.av
+        out.append(c._replace(brk=B.and_(c.mapped, B.not_(same))))
+    final: list[Any] = [0] * n
+    final[n - 1] = run[n - 1]
+    for i in reversed(range(n - 1)):
+        cont = B.and_(out[i + 1].mapped, B.not_(out[i + 1].brk))
+        final[i] = B.ite(cont, final[i + 1], run[i])
+    return [c._replace(av=final[i]) for i, c in enumerate(out)]
+
+
+def regroup(st: State, cs: list[Cell], thp: list[Any], ptable: list[Any]) -> State:
+    """Put a flat cell list back into st's block shape."""
+    blocks, i = [], 0
+    for k, b in enumerate(st.blocks):
+        m = len(b.cells)
+        blocks.append(b._replace(thp=thp[k], ptable=ptable[k], cells=tuple(cs[i:i + m])))
+        i += m
+    return st._replace(blocks=tuple(blocks))
+
+
+def split_thps(B: Any, st: State) -> State:
+    """A VMA boundary inside a PMD-mapped THP splits the PMD into a PTE table
+    (__split_vma -> vma_adjust_trans_huge -> split_huge_pmd); AnonHugePages no longer counts it."""
+    blocks = []
+    for b in st.blocks:
+        one = in_one_vma(B, b.cells)
+        blocks.append(b._replace(thp=B.and_(b.thp, one),
+                                 ptable=B.or_(b.ptable, B.and_(b.thp, B.not_(one)))))
+    return st._replace(blocks=tuple(blocks))

@@ -1,0 +1,92 @@
+"""Kernel eras: each a record of features, so a semantics is "base + features".
+
+Every behaviour that differs between kernels is a named field here and nowhere else; the rules in
+`rules.py` read these fields instead of comparing version numbers.  An era has a representative
+kernel version (`kernel`); `Era.at(version)` gives the same era with the within-era features of
+another version (e.g. ``ERAS["mmf"].at("6.1")`` for Debian's 6.1, whose MADV_COLLAPSE returns
+EINVAL where 6.4+ returns EBUSY).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+# prctl flavours (kernel/sys.c PR_SET_THP_DISABLE)
+DEF_FLAGS = "def_flags"  # 3.15-4.12: mm->def_flags |= VM_NOHUGEPAGE   (a0715cc22601)
+MMF = "mmf"  # 4.13-6.17: set_bit(MMF_DISABLE_THP)                      (1860033237d4)
+MMF_EXCEPT_ADVISED = "mmf_except_advised"  # 6.18+: _COMPLETELY / _EXCEPT_ADVISED (9dc21bbd62ed)
+
+
+def _version(text: str) -> tuple[int, int]:
+    try:
+        major, minor = text.split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        raise ValueError(f"bad kernel version {text!r} (want e.g. 6.12)") from None
+
+
+@dataclass(frozen=True)
+class Era:
+    id: str
+    kernels: str  # the range this semantics stands for, as printed by `vmaflags eras`
+    kernel: str  # representative version; within-era features below follow it
+    summary: str
+    prctl: str  # DEF_FLAGS | MMF | MMF_EXCEPT_ADVISED
+    clr_hugepage: int | None = None  # MADV_CLR_HUGEPAGE advice number, patched eras only
+    # Within-era features, derived from `kernel` by `Era.at`:
+    madv_same_advice_einval: bool = False  # < 4.5: re-applying a set advice fails (hugepage_madvise)
+    madv_collapse: bool = False  # >= 6.1: MADV_COLLAPSE exists (7d8faaf15545)
+    collapse_none_ebusy: bool = False  # >= 6.4: SCAN_EXCEED_NONE_PTE -> EBUSY, before: EINVAL
+    thp_eligible_smaps: bool = False  # >= 5.0: smaps THPeligible (7635d9cbe832)
+    thp_enabled_status: bool = False  # >= 5.0: /proc/PID/status THP_enabled
+
+    def at(self, kernel: str) -> Era:
+        v = _version(kernel)
+        return replace(
+            self,
+            kernel=kernel,
+            madv_same_advice_einval=v < (4, 5),
+            madv_collapse=v >= (6, 1),
+            collapse_none_ebusy=v >= (6, 4),
+            thp_eligible_smaps=v >= (5, 0),
+            thp_enabled_status=v >= (5, 0),
+        )
+
+    @property
+    def def_flags(self) -> bool:
+        return self.prctl == DEF_FLAGS
+
+    @property
+    def except_advised(self) -> bool:
+        return self.prctl == MMF_EXCEPT_ADVISED
+
+
+def _era(id: str, kernels: str, kernel: str, summary: str, prctl: str, clr: int | None = None) -> Era:
+    return Era(id, kernels, kernel, summary, prctl, clr).at(kernel)
+
+
+# MADV_CLR_HUGEPAGE: the 2017 patch used 18 (later taken by MADV_WIPEONFORK in 4.14); our
+# kernel-patch uses 26, the first number after MADV_COLLAPSE (25) that 6.12 and 6.18 leave free.
+ERAS: dict[str, Era] = {
+    e.id: e
+    for e in (
+        _era("def-flags", "3.15-4.12", "4.12",
+             "PR_SET_THP_DISABLE ORs VM_NOHUGEPAGE into mm->def_flags", DEF_FLAGS),
+        _era("mmf", "4.13-6.17", "6.12",
+             "PR_SET_THP_DISABLE sets MMF_DISABLE_THP, a master override", MMF),
+        _era("mmf-except-advised", "6.18-", "6.18",
+             "MMF_DISABLE_THP_COMPLETELY or _EXCEPT_ADVISED (PR_THP_DISABLE_EXCEPT_ADVISED)",
+             MMF_EXCEPT_ADVISED),
+        _era("def-flags-clr", "4.12 + MADV_CLR_HUGEPAGE", "4.12",
+             "the 2017 proposal: def-flags plus MADV_CLR_HUGEPAGE (18)", DEF_FLAGS, clr=18),
+        _era("mmf-clr", "6.12 + MADV_CLR_HUGEPAGE", "6.12",
+             "kernel-patch/: Debian 6.12 plus MADV_CLR_HUGEPAGE (26)", MMF, clr=26),
+    )
+}
+
+
+def era(id: str) -> Era:
+    """The era called `id`, or ValueError with a one-line message listing the valid ids."""
+    try:
+        return ERAS[id]
+    except KeyError:
+        raise ValueError(f"unknown era {id!r}; valid eras: {', '.join(ERAS)}") from None

@@ -1,0 +1,247 @@
+"""The kernel's rules, one function per kernel function, written once for both backends.
+
+Each function takes a backend `B` (backend.PY or backend.Z3) and an `era` (eras.Era); the era is
+always concrete, arguments may be symbolic.  Booleans go through B's connectives only.  A comment
+per conjunct says what it models.  Versions: "6.12" means Debian linux-source 6.12.117, "6.18"
+the merged 6.18 series, "4.0" the torvalds snapshot of mm/huge_memory.c; see model/README.md.
+Anonymous private memory only: file, shmem, DAX, hugetlb and VM_SPECIAL are not modelled.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .eras import Era
+from .errno import EBUSY, EEXIST, EINVAL
+from .state import Cell, Flags, Mm
+from .syscalls import MADV_CLR_HUGEPAGE, MADV_COLLAPSE, MADV_HUGEPAGE, MADV_NOHUGEPAGE
+
+PR_THP_DISABLE_EXCEPT_ADVISED = 2  # include/uapi/linux/prctl.h, 6.18
+
+# Users of thp_vma_allowable_orders(): enum tva_type (6.18) / tva_flags (6.8-6.17).
+PAGEFAULT, KHUGEPAGED, FORCED_COLLAPSE, SMAPS = "pagefault", "khugepaged", "collapse", "smaps"
+USERS = (PAGEFAULT, KHUGEPAGED, FORCED_COLLAPSE, SMAPS)
+
+SYSFS_ALWAYS, SYSFS_MADVISE, SYSFS_NEVER = 0, 1, 2
+
+
+# --- prctl (kernel/sys.c) ----------------------------------------------------------------------
+
+def prctl_set_thp_disable(B: Any, era: Era, mm: Mm, a2: Any, a3: Any, a4: Any, a5: Any
+                          ) -> tuple[Any, Mm]:
+    """PR_SET_THP_DISABLE (41): (return value, new mm).  EINTR from mmap_write_lock_killable
+    is not modelled (no fatal signals here)."""
+    disable = B.not_(a2 == 0)  # arg2 is converted to bool: any non-zero value disables
+    if era.except_advised:
+        # 6.18 prctl_set_thp_disable(): arg4/arg5 must be 0; flags (arg3) only with disable,
+        # and only PR_THP_DISABLE_EXCEPT_ADVISED.
+        einval = B.or_(B.not_(a4 == 0), B.not_(a5 == 0),
+                       B.and_(B.not_(disable), B.not_(a3 == 0)),
+                       B.not_(B.or_(a3 == 0, a3 == PR_THP_DISABLE_EXCEPT_ADVISED)))
+        new = Mm(mm.def_nh,
+                 disable=B.and_(disable, a3 == 0),  # MMF_DISABLE_THP_COMPLETELY
+                 except_adv=B.and_(disable, a3 == PR_THP_DISABLE_EXCEPT_ADVISED),
+                 registered=mm.registered)
+    else:
+        # 3.15-6.17: arg3..arg5 must be 0.
+        einval = B.or_(B.not_(a3 == 0), B.not_(a4 == 0), B.not_(a5 == 0))
+        if era.def_flags:
+            # 3.15-4.12: me->mm->def_flags |= VM_NOHUGEPAGE (or &= ~), a template for new VMAs.
+            new = mm._replace(def_nh=disable)
+        else:
+            # 4.13-6.17: set_bit/clear_bit(MMF_DISABLE_THP, &me->mm->flags).
+            new = mm._replace(disable=disable)
+    return B.ite(einval, -EINVAL, 0), _mm_ite(B, einval, mm, new)
+
+
+def prctl_get_thp_disable(B: Any, era: Era, mm: Mm, a2: Any, a3: Any, a4: Any, a5: Any) -> Any:
+    """PR_GET_THP_DISABLE (42): EINVAL unless arg2..arg5 are all 0 (all eras)."""
+    einval = B.or_(*(B.not_(a == 0) for a in (a2, a3, a4, a5)))
+    return B.ite(einval, -EINVAL, thp_disable_value(B, era, mm))
+
+
+def thp_disable_value(B: Any, era: Era, mm: Mm) -> Any:
+    """What a valid PR_GET_THP_DISABLE returns."""
+    if era.def_flags:
+        return B.ite(mm.def_nh, 1, 0)  # !!(def_flags & VM_NOHUGEPAGE)
+    if era.except_advised:
+        # 6.18: 1 for COMPLETELY, 1 | PR_THP_DISABLE_EXCEPT_ADVISED for EXCEPT_ADVISED.
+        return B.ite(mm.disable, 1, B.ite(mm.except_adv, 1 | PR_THP_DISABLE_EXCEPT_ADVISED, 0))
+    return B.ite(mm.disable, 1, 0)  # !!test_bit(MMF_DISABLE_THP)
+
+
+def task_thp_status(B: Any, era: Era, mm: Mm) -> Any:
+    """/proc/PID/status THP_enabled (fs/proc/array.c task_thp_status, 5.0+; None before).
+    6.18 tests only MMF_DISABLE_THP_COMPLETELY, so EXCEPT_ADVISED still shows 1."""
+    if not era.thp_enabled_status:
+        return None
+    return B.ite(mm.disable, 0, 1)
+
+
+def mm_init(B: Any, era: Era, parent: Mm, fork: bool) -> Mm:
+    """kernel/fork.c mm_init(): the child mm (fork) or the new image's mm (execve).
+    def_flags & VM_INIT_DEF_MASK (= VM_NOHUGEPAGE) and MMF_INIT_MASK (which includes
+    MMF_DISABLE_THP_MASK) come from current->mm in both cases.  MMF_VM_HUGEPAGE is not in the
+    init mask: khugepaged_fork() re-registers a forked child, exec starts unregistered."""
+    return Mm(parent.def_nh, parent.disable, parent.except_adv,
+              parent.registered if fork else B.F)
+
+
+# --- new VMAs (mm/mmap.c do_mmap) ---------------------------------------------------------------
+
+def new_vma_flags(B: Any, era: Era, mm: Mm) -> Flags:
+    """vm_flags of a fresh anonymous VMA: do_mmap() ORs in mm->def_flags.  Only in the def-flags
+    eras can def_flags hold VM_NOHUGEPAGE (s390 KVM's thp_split_mm() is not modelled)."""
+    return Flags(B.F, mm.def_nh if era.def_flags else B.F, B.F, B.F)
+
+
+# --- madvise (mm/madvise.c, mm/khugepaged.c) ----------------------------------------------------
+
+def madvise_behavior_valid(era: Era, advice: int) -> bool:
+    """madvise_behavior_valid(): MADV_[NO]HUGEPAGE with CONFIG_TRANSPARENT_HUGEPAGE, MADV_COLLAPSE
+    from 6.1, MADV_CLR_HUGEPAGE in the patched eras.  Other advice numbers are out of scope:
+    the model answers EINVAL for them."""
+    return (advice in (MADV_HUGEPAGE, MADV_NOHUGEPAGE)
+            or (advice == MADV_COLLAPSE and era.madv_collapse)
+            or is_clr_hugepage(era, advice))
+
+
+def is_clr_hugepage(era: Era, advice: int) -> bool:
+    return era.clr_hugepage is not None and advice in (MADV_CLR_HUGEPAGE, era.clr_hugepage)
+
+
+def hugepage_madvise(B: Any, era: Era, f: Flags, advice: int) -> tuple[Flags, Any]:
+    """hugepage_madvise(): (new flags, error for this VMA).  Each advice sets its own bit and
+    clears the other (all eras).  Before ~4.5 ("mm: Loosen MADV_NOHUGEPAGE to enable Qemu
+    postcopy on s390") re-applying an advice whose bit is set failed with EINVAL (4.0
+    mm/huge_memory.c).  s390 KVM's silent no-op for MADV_HUGEPAGE is not modelled."""
+    if is_clr_hugepage(era, advice):
+        # MADV_CLR_HUGEPAGE (Rapoport 2017, kernel-patch/): *vm_flags &= ~(VM_HUGEPAGE|VM_NOHUGEPAGE)
+        return f._replace(hg=B.F, nh=B.F), 0
+    hg = advice == MADV_HUGEPAGE
+    already = f.hg if hg else f.nh
+    err = B.ite(already, -EINVAL, 0) if era.madv_same_advice_einval else 0
+    return f._replace(hg=B.T if hg else B.F, nh=B.F if hg else B.T), err
+
+
+# --- eligibility (include/linux/huge_mm.h, mm/huge_memory.c) ------------------------------------
+
+def vma_thp_disabled(B: Any, era: Era, f: Flags, mm: Mm, forced_collapse: bool) -> Any:
+    """Is THP disabled for the VMA by VM_NOHUGEPAGE or the process?"""
+    if era.def_flags:
+        return f.nh  # the prctl only ever shows up as VM_NOHUGEPAGE on VMAs
+    if not era.except_advised:
+        # 4.13-6.17 (6.12 vma_thp_disabled()): VM_NOHUGEPAGE or MMF_DISABLE_THP.
+        return B.or_(f.nh, mm.disable)
+    # 6.18 vma_thp_disabled(vma, vm_flags, forced_collapse), in its order:
+    return B.or_(f.nh,  # 1. VM_NOHUGEPAGE always wins
+                 mm.disable,  # 2. MMF_DISABLE_THP_COMPLETELY
+                 B.and_(B.not_(f.hg),  # 3. VM_HUGEPAGE is "advised": not disabled
+                        B.F if forced_collapse else B.T,  # 4. MADV_COLLAPSE counts as advised
+                        mm.except_adv))  # 5. otherwise disabled iff EXCEPT_ADVISED
+
+
+def thp_vma_allowable(B: Any, era: Era, user: str, f: Flags, mm: Mm, sysfs: Any,
+                      anon_vma: Any, pmd_fits: Any) -> Any:
+    """May `user` use a PMD-sized THP in this anonymous VMA?
+
+    `pmd_fits`: a naturally aligned PMD lies inside the VMA.  The page-fault user does not check
+    it here (do_huge_pmd_anonymous_page checks the faulting PMD instead); `anon_vma`: the VMA
+    has one (first write).  Assumes only the PMD order is enabled (hugepages-2048kB=inherit, as
+    on the machines we test); mTHP orders are not modelled.  Returns None where the user does
+    not exist in the era (MADV_COLLAPSE before 6.1, smaps THPeligible before 5.0).
+    """
+    if user == FORCED_COLLAPSE and not era.madv_collapse:
+        return None
+    if user == SMAPS and not era.thp_eligible_smaps:
+        return None
+    # Sysfs (the TVA_ENFORCE_SYSFS mask, 6.8+ thp_vma_allowable_orders; 4.x
+    # transparent_hugepage_enabled / hugepage_vma_check): "always", or "madvise" with
+    # VM_HUGEPAGE.  MADV_COLLAPSE ignores sysfs.  khugepaged does not run under "never".
+    sysfs_ok = B.or_(sysfs == SYSFS_ALWAYS, B.and_(sysfs == SYSFS_MADVISE, f.hg))
+    return B.and_(
+        B.not_(vma_thp_disabled(B, era, f, mm, user == FORCED_COLLAPSE)),
+        B.T if user == FORCED_COLLAPSE else sysfs_ok,
+        # !in_pf: the VMA must hold an aligned PMD (thp_vma_suitable_order at vm_end - PMD;
+        # 4.x: the khugepaged scan loop's hstart < hend).
+        B.T if user == PAGEFAULT else pmd_fits,
+        # no anon_vma: eligible only for smaps and the fault (which prepares one).
+        anon_vma if user in (KHUGEPAGED, FORCED_COLLAPSE) else B.T,
+    )
+
+
+# --- userfaultfd (fs/userfaultfd.c) -------------------------------------------------------------
+
+def userfaultfd_register(B: Any, f: Flags, missing: bool, wp: bool) -> Flags:
+    """userfaultfd_register(): the VMA's uffd flags become exactly the requested mode
+    (vm_flags & ~__VM_UFFD_FLAGS | mode)."""
+    return f._replace(um=B.T if missing else B.F, uw=B.T if wp else B.F)
+
+
+def userfaultfd_unregister(B: Any, f: Flags) -> Flags:
+    """UFFDIO_UNREGISTER and userfaultfd_release() (closing the fd) clear the uffd flags."""
+    return f._replace(um=B.F, uw=B.F)
+
+
+def dup_userfaultfd(B: Any, f: Flags) -> Flags:
+    """fork: without UFFD_FEATURE_EVENT_FORK the child's VMAs lose their uffd flags
+    (kernel/fork.c dup_mmap -> dup_userfaultfd)."""
+    return userfaultfd_unregister(B, f)
+
+
+# --- VMA merging (mm/vma.c is_mergeable_vma, is_mergeable_anon_vma) -----------------------------
+
+def is_mergeable_vma(B: Any, left: Cell, run_av: Any, right: Cell) -> Any:
+    """Can `right` merge into the VMA on its left, whose anon_vma is `run_av`?  vm_flags must be
+    equal (we track hg/nh/um/uw; the arena's other flags are equal by construction) and the
+    anon_vmas equal or one of them not yet allocated.  One userfaultfd per process, so equal
+    um/uw imply compatible uffd contexts.  list_is_singular(anon_vma_chain) only matters after
+    fork in the child, which the model does not run further."""
+    return B.and_(left.hg == right.hg, left.nh == right.nh, left.um == right.um,
+                  left.uw == right.uw,
+                  B.or_(run_av == right.av, run_av == 0, right.av == 0))
+
+
+# --- collapse (mm/khugepaged.c) -----------------------------------------------------------------
+
+def collapse_pmd(B: Any, era: Era, khugepaged: bool, armed: Any, thp: Any, ptable: Any,
+                 any_pop: Any, all_pop: Any) -> tuple[Any, Any]:
+    """One aligned PMD inside an eligible VMA: (collapses or already is a THP, errno if not).
+
+    hpage_collapse_scan_pmd(): no page table -> SCAN_PMD_NULL; a none PTE in a
+    userfaultfd_armed() VMA -> SCAN_EXCEED_NONE_PTE (4.3 "userfaultfd: prevent khugepaged to
+    merge if userfaultfd is armed": holes are missing information, not zeroes); no present PTE
+    -> SCAN_PAGE_RO (nothing writable).  khugepaged also needs none PTEs <= max_ptes_none (511,
+    the default: any present page will do) and a young page (freshly written pages are).
+    MADV_COLLAPSE ignores max_ptes_none.  madvise_collapse_errno(): SCAN_EXCEED_NONE_PTE is
+    EBUSY from ~6.4, EINVAL in 6.1; the others here are EINVAL.
+    """
+    none_err = -EBUSY if era.collapse_none_ebusy else -EINVAL
+    ok = B.or_(thp,  # SCAN_PMD_MAPPED counts as success
+               B.and_(ptable, any_pop, B.or_(B.not_(armed), all_pop)))
+    err = B.ite(ok, 0, B.ite(B.and_(ptable, armed, B.not_(all_pop)), none_err, -EINVAL))
+    return ok, err
+
+
+# --- faults and UFFDIO_COPY (mm/memory.c, mm/userfaultfd.c) -------------------------------------
+
+def fault_huge_pmd(B: Any, era: Era, f: Flags, mm: Mm, sysfs: Any, pmd_none: Any,
+                   pmd_in_vma: Any) -> Any:
+    """Does a write fault on a not-present page allocate a PMD THP?  __handle_mm_fault():
+    pmd_none() and thp_vma_allowable_order(TVA_PAGEFAULT); do_huge_pmd_anonymous_page():
+    the aligned PMD inside the VMA (thp_vma_suitable_order); a VM_UFFD_MISSING VMA hands the
+    fault to userspace instead (__do_huge_pmd_anonymous_page -> handle_userfault)."""
+    return B.and_(pmd_none, pmd_in_vma, B.not_(f.um),
+                  thp_vma_allowable(B, era, PAGEFAULT, f, mm, sysfs, B.T, B.T))
+
+
+def uffdio_copy_page(B: Any, registered: Any, present: Any, pmd_thp: Any) -> Any:
+    """mfill_atomic() for one destination page: errno or 0.  The range must lie in VMAs
+    registered with this uffd (else ENOENT); a PMD-mapped THP is EEXIST ("If the dst_pmd is THP
+    don't override it and just be strict"); a present PTE is EEXIST."""
+    from .errno import ENOENT
+    return B.ite(B.not_(registered), -ENOENT,
+                 B.ite(B.or_(pmd_thp, present), -EEXIST, 0))
+
+
+def _mm_ite(B: Any, c: Any, a: Mm, b: Mm) -> Mm:
+    return Mm(*(B.ite(c, x, y) for x, y in zip(a, b)))

@@ -1,0 +1,357 @@
+"""One function per syscall: the transition over the arena, for both backends.
+
+Ranges are in pages, [a, b), and every range edge must be a cell edge: the interpreter splits
+cells before calling (concrete.py), the Z3 encoding chooses its cells that way (symbolic.py).
+Each function returns (return value, new state); byte-level argument checks (alignment,
+zero length) are in `concrete.run_syscall`, since proofs only issue aligned ranges.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from . import arena, rules
+from .eras import Era
+from .errno import EINVAL, ENOMEM, EAGAIN, EEXIST, SIGBUS, SIGSEGV
+from .state import Cell, State, cells, hole
+from .syscalls import MADV_COLLAPSE
+
+
+def _in(B: Any, c: Cell, a: Any, b: Any) -> Any:
+    return B.and_(a <= c.start, c.end <= b)
+
+
+def _hits(B: Any, block_cells: tuple[Cell, ...], a: Any, b: Any) -> Any:
+    return B.or_(*(_in(B, c, a, b) for c in block_cells))
+
+
+def _first_error(B: Any, errs: list[Any]) -> Any:
+    """The first non-zero value of `errs`, or 0."""
+    out: Any = 0
+    for e in reversed(errs):
+        out = B.ite(e == 0, out, e)
+    return out
+
+
+def _register(B: Any, era: Era, st: State, cs: list[Cell], which: list[Any]) -> Any:
+    """MMF_VM_HUGEPAGE after khugepaged_enter_vma() on the VMAs of the cells in `which`
+    (called on mmap/merge, MADV_HUGEPAGE and THP faults, 6.12): registered if khugepaged may
+    scan such a VMA.  An approximation: the call sites are not told apart."""
+    views = arena.vma_views(B, cs, len(st.blocks))
+    return B.or_(st.mm.registered, *(
+        B.and_(w, arena.khugepaged_eligible(B, era, c, v, st.mm, st.sysfs))
+        for c, v, w in zip(cs, views, which)))
+
+
+def mmap(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
+    """mmap(MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED) of [a, b): whatever was there is unmapped
+    (its page tables freed where no VMA is left in the PMD), then a fresh VMA with
+    rules.new_vma_flags() is merged with its neighbours where mergeable (mmap_region)."""
+    f = rules.new_vma_flags(B, era, st.mm)
+    thp, ptable = [], []
+    for blk in st.blocks:
+        hit = _hits(B, blk.cells, a, b)
+        kept = B.or_(*(B.and_(c.mapped, B.not_(_in(B, c, a, b))) for c in blk.cells))
+        thp.append(B.and_(blk.thp, B.not_(hit)))
+        ptable.append(B.and_(B.or_(blk.ptable, blk.thp), kept, B.not_(thp[-1])))
+    old = cells(st)
+    mod = [_in(B, c, a, b) for c in old]
+    new = Cell(0, 0, B.T, B.F, f.hg, f.nh, f.um, f.uw, 0, B.F)
+    cs = [Cell(*(B.ite(m, x, y) for x, y in zip(new._replace(start=c.start, end=c.end), c)))
+          for c, m in zip(old, mod)]
+    cs = arena.remerge(B, cs, mod)
+    st2 = arena.regroup(st, cs, thp, ptable)
+    return 0, st2._replace(mm=st2.mm._replace(registered=_register(B, era, st2, cs, mod)))
+
+
+def munmap(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
+    """munmap of [a, b): no error for holes; a partly unmapped THP is split."""
+    thp, ptable = [], []
+    for blk in st.blocks:
+        hit = _hits(B, blk.cells, a, b)
+        kept = B.or_(*(B.and_(c.mapped, B.not_(_in(B, c, a, b))) for c in blk.cells))
+        thp.append(B.and_(blk.thp, B.not_(hit)))
+        ptable.append(B.and_(B.or_(blk.ptable, blk.thp), kept, B.not_(thp[-1])))
+    old = cells(st)
+    mod = [_in(B, c, a, b) for c in old]
+    cs = [Cell(*(B.ite(m, x, y) for x, y in zip(hole(c.start, c.end), c)))
+          for c, m in zip(old, mod)]
+    return 0, arena.regroup(st, arena.remerge(B, cs, mod), thp, ptable)
+
+
+def madvise(B: Any, era: Era, st: State, a: Any, b: Any, advice: int) -> tuple[Any, State]:
+    """madvise(): madvise_walk_vmas over [a, b) in address order, stopping at the first error
+    of a VMA; holes give ENOMEM at the end, after the mapped parts were advised."""
+    if not rules.madvise_behavior_valid(era, advice):
+        return -EINVAL, st
+    if advice == MADV_COLLAPSE:
+        return madvise_collapse(B, era, st, a, b)
+    old = cells(st)
+    cs, mod, errs = [], [], []
+    stopped = B.F
+    for c in old:
+        inr = B.and_(_in(B, c, a, b), c.mapped, B.not_(stopped))
+        f, err = rules.hugepage_madvise(B, era, c.flags, advice)
+        bad = B.not_(err == 0)
+        apply = B.and_(inr, B.not_(bad))
+        errs.append(B.ite(B.and_(inr, bad), err, 0))
+        stopped = B.or_(stopped, B.and_(inr, bad))
+        new = c._replace(hg=B.ite(apply, f.hg, c.hg), nh=B.ite(apply, f.nh, c.nh))
+        mod.append(B.and_(apply, B.or_(B.not_(new.hg == c.hg), B.not_(new.nh == c.nh))))
+        cs.append(new)
+    holes = B.or_(*(B.and_(_in(B, c, a, b), B.not_(c.mapped)) for c in old))
+    ret = B.ite(stopped, _first_error(B, errs), B.ite(holes, -ENOMEM, 0))
+    cs = arena.remerge(B, cs, mod)
+    st2 = arena.split_thps(B, arena.regroup(st, cs, [bl.thp for bl in st.blocks],
+                                            [bl.ptable for bl in st.blocks]))
+    hg_set = [B.and_(m, c.hg) for m, c in zip(mod, cs)]
+    return ret, st2._replace(mm=st2.mm._replace(registered=_register(B, era, st2, cs, hg_set)))
+
+
+def madvise_collapse(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
+    """MADV_COLLAPSE (mm/khugepaged.c madvise_collapse, 6.1+), per VMA in the range: EINVAL
+    unless thp_vma_allowable(FORCED_COLLAPSE); then every aligned PMD inside both the range and
+    the VMA is collapsed (rules.collapse_pmd); the VMA fails with the errno of its last failed
+    PMD, which stops the walk.  An already collapsed PMD counts as success."""
+    old = cells(st)
+    views = arena.vma_views(B, old, len(st.blocks))
+    first = arena.block_first(st)
+    elig = [rules.thp_vma_allowable(B, era, rules.FORCED_COLLAPSE, c.flags, st.mm, st.sysfs,
+                                    B.not_(c.av == 0), v.fits) for c, v in zip(old, views)]
+    # Per block: attempted by the VMA of its first cell?  Result?
+    tried, ok, err = [], [], []
+    for k, blk in enumerate(st.blocks):
+        c0 = blk.cells[0]
+        inside = B.and_(a <= c0.start, blk.cells[-1].end <= b, arena.in_one_vma(B, blk.cells))
+        o, e = rules.collapse_pmd(B, era, False, B.or_(c0.um, c0.uw), blk.thp, blk.ptable,
+                                  B.or_(*(c.pop for c in blk.cells)),
+                                  B.and_(*(c.pop for c in blk.cells)))
+        tried.append(B.and_(inside, elig[first[k]]))
+        ok.append(o)
+        err.append(e)
+    # Per cell: the error of its VMA (the last failed PMD of the VMA, or EINVAL).
+    vma_err = []
+    for i, (c, v) in enumerate(zip(old, views)):
+        e: Any = 0
+        for k in range(len(st.blocks)):
+            mine = B.and_(tried[k], views[first[k]].vstart == v.vstart, B.not_(ok[k]))
+            e = B.ite(mine, err[k], e)
+        vma_err.append(B.ite(B.and_(_in(B, c, a, b), c.mapped),
+                             B.ite(elig[i], e, -EINVAL), 0))
+    # Errors of VMAs before each cell's VMA stop the walk.
+    before: list[Any] = []
+    for i in range(len(old)):
+        before.append(B.F if i == 0 else
+                      B.or_(before[i - 1], B.and_(B.not_(views[i].same),
+                                                  B.not_(vma_err[i - 1] == 0))))
+    stopped = B.or_(*(B.not_(e == 0) for e in vma_err))
+    holes = B.or_(*(B.and_(_in(B, c, a, b), B.not_(c.mapped)) for c in old))
+    ret = B.ite(stopped, _first_error(B, vma_err), B.ite(holes, -ENOMEM, 0))
+    done = [B.and_(tried[k], ok[k], B.not_(before[first[k]])) for k in range(len(st.blocks))]
+    blocks = []
+    for k, blk in enumerate(st.blocks):
+        blocks.append(blk._replace(
+            thp=B.or_(blk.thp, done[k]), ptable=B.and_(blk.ptable, B.not_(done[k])),
+            cells=tuple(c._replace(pop=B.or_(c.pop, done[k])) for c in blk.cells)))
+    return ret, st._replace(blocks=tuple(blocks))
+
+
+def touch(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
+    """Write one byte to each page of [a, b) in order.  A write to an unmapped page raises
+    SIGSEGV; to a not-present page of a VM_UFFD_MISSING VMA, SIGBUS (handle_userfault with
+    UFFD_FEATURE_SIGBUS); either stops the walk.  Otherwise the first write into an empty PMD
+    allocates a THP when rules.fault_huge_pmd allows, else a PTE is populated (do_anonymous_page).
+    Both prepare an anon_vma."""
+    old = cells(st)
+    first = arena.block_first(st)
+    cs, rets = [], []
+    stopped = B.F
+    eff = []
+    for c in old:
+        inr = B.and_(_in(B, c, a, b), B.not_(stopped))
+        stop = B.and_(inr, B.or_(B.not_(c.mapped), B.and_(c.um, B.not_(c.pop))))
+        rets.append(B.ite(stop, B.ite(c.mapped, SIGBUS, SIGSEGV), 0))
+        eff.append(B.and_(inr, B.not_(stop)))
+        stopped = B.or_(stopped, stop)
+    ret = _first_error(B, rets)
+    thp_fault, thp, ptable = [], [], []
+    for k, blk in enumerate(st.blocks):
+        c0 = blk.cells[0]
+        touched = B.or_(*(eff[first[k] + j] for j in range(len(blk.cells))))
+        # the first write into the block finds pmd_none(): no THP and no PTE table yet
+        pmd_none = B.and_(B.not_(blk.thp), B.not_(blk.ptable))
+        hf = B.and_(touched, rules.fault_huge_pmd(B, era, c0.flags, st.mm, st.sysfs, pmd_none,
+                                                   arena.in_one_vma(B, blk.cells)))
+        thp_fault.append(hf)
+        thp.append(B.or_(blk.thp, hf))
+        ptable.append(B.or_(blk.ptable, B.and_(touched, B.not_(hf))))
+    blk_of = [k for k, blk in enumerate(st.blocks) for _ in blk.cells]
+    for i, c in enumerate(old):
+        cs.append(c._replace(pop=B.or_(c.pop, eff[i], thp_fault[blk_of[i]])))
+    wrote = [B.or_(eff[i], thp_fault[blk_of[i]]) for i in range(len(old))]
+    cs, next_av = _anon_vma_prepare(B, cs, wrote, st.next_av)
+    st2 = arena.regroup(st, cs, thp, ptable)._replace(next_av=next_av)
+    fault_cells = [thp_fault[blk_of[i]] for i in range(len(old))]
+    return ret, st2._replace(mm=st2.mm._replace(
+        registered=_register(B, era, st2, cs, fault_cells)))
+
+
+def _anon_vma_prepare(B: Any, cs: list[Cell], wrote: list[Any], next_av: Any
+                      ) -> tuple[list[Cell], Any]:
+    """Give each VMA written to for the first time a fresh anon_vma (mm/rmap.c
+    __anon_vma_prepare; reusing a neighbour's via find_mergeable_anon_vma needs flags equal
+    up to access bits, which in this model means the VMAs would already have merged)."""
+    n = len(cs)
+    same = [B.F] + [B.and_(cs[i].mapped, cs[i - 1].mapped, B.not_(cs[i].brk))
+                    for i in range(1, n)]
+    need = [B.F] * n  # some cell of this cell's VMA is written
+    for i in reversed(range(n)):
+        nxt = B.and_(same[i + 1], need[i + 1]) if i + 1 < n else B.F
+        need[i] = B.or_(B.and_(wrote[i], cs[i].av == 0), nxt)
+    out, counter, cur, vneed = [], next_av, next_av, B.F
+    for i, c in enumerate(cs):
+        vneed = B.ite(same[i], vneed, need[i])  # the VMA's first cell knows for the whole VMA
+        cur = B.ite(same[i], cur, counter)
+        counter = B.ite(B.and_(B.not_(same[i]), vneed), counter + 1, counter)
+        out.append(c._replace(av=B.ite(B.and_(vneed, c.av == 0), cur, c.av)))
+    return out, counter
+
+
+def uffd_register(B: Any, era: Era, st: State, a: Any, b: Any, missing: bool, wp: bool
+                  ) -> tuple[Any, State]:
+    """UFFDIO_REGISTER (fs/userfaultfd.c userfaultfd_register, 6.12): ENOMEM when no VMA
+    intersects the range; holes are otherwise allowed.  A VMA already registered with every
+    requested mode is skipped; others get exactly the requested mode, split to the range and
+    merged (vma_modify_flags_uffd)."""
+    old = cells(st)
+    cs, mod = [], []
+    for c in old:
+        inr = B.and_(_in(B, c, a, b), c.mapped)
+        skip = B.and_(B.or_(not missing, c.um), B.or_(not wp, c.uw))
+        f = rules.userfaultfd_register(B, c.flags, missing, wp)
+        apply = B.and_(inr, B.not_(skip))
+        cs.append(c._replace(um=B.ite(apply, f.um, c.um), uw=B.ite(apply, f.uw, c.uw)))
+        mod.append(apply)
+    some = B.or_(*(B.and_(_in(B, c, a, b), c.mapped) for c in old))
+    return _relayout(B, era, st, B.ite(some, 0, -ENOMEM), cs, mod, some)
+
+
+def uffd_unregister(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
+    """UFFDIO_UNREGISTER: ENOMEM when no VMA intersects the range; registered VMAs in it lose
+    their uffd flags, split and merged like register."""
+    old = cells(st)
+    some = B.or_(*(B.and_(_in(B, c, a, b), c.mapped) for c in old))
+    sel = [B.and_(_in(B, c, a, b), c.mapped) for c in old]
+    return _clear_uffd(B, era, st, sel, B.ite(some, 0, -ENOMEM), some)
+
+
+def uffd_close(B: Any, era: Era, st: State) -> tuple[Any, State]:
+    """close() of the userfaultfd: userfaultfd_release() clears every VMA's uffd flags and
+    merges what it can."""
+    return _clear_uffd(B, era, st, [c.mapped for c in cells(st)], 0, B.T)
+
+
+def _clear_uffd(B: Any, era: Era, st: State, sel: list[Any], ret: Any, ok: Any
+                ) -> tuple[Any, State]:
+    cs, mod = [], []
+    for c, s in zip(cells(st), sel):
+        f = rules.userfaultfd_unregister(B, c.flags)
+        apply = B.and_(s, B.or_(c.um, c.uw))
+        cs.append(c._replace(um=B.ite(apply, f.um, c.um), uw=B.ite(apply, f.uw, c.uw)))
+        mod.append(apply)
+    return _relayout(B, era, st, ret, cs, mod, ok)
+
+
+def _relayout(B: Any, era: Era, st: State, ret: Any, cs: list[Cell], mod: list[Any], ok: Any
+              ) -> tuple[Any, State]:
+    cs = arena.remerge(B, cs, [B.and_(ok, m) for m in mod])
+    cs = [Cell(*(B.ite(ok, x, y) for x, y in zip(n, o))) for n, o in zip(cs, cells(st))]
+    st2 = arena.regroup(st, cs, [bl.thp for bl in st.blocks], [bl.ptable for bl in st.blocks])
+    return ret, arena.split_thps(B, st2)
+
+
+def uffd_copy(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
+    """UFFDIO_COPY into [a, b) (mm/userfaultfd.c mfill_atomic, 6.12): the range must lie in one
+    VMA registered with our uffd, else ENOENT.  Pages are filled in order until one is present
+    or its PMD is a THP (EEXIST).  The ioctl returns 0 when all were copied, the errno when none
+    was, and EAGAIN when only some were (userfaultfd_copy)."""
+    old = cells(st)
+    first = arena.block_first(st)
+    blk_of = [k for k, blk in enumerate(st.blocks) for _ in blk.cells]
+    inr = [_in(B, c, a, b) for c in old]
+    # one VMA, registered: every cell of the range mapped, no VMA start after the first
+    one = B.and_(*(B.or_(B.not_(x), c.mapped) for x, c in zip(inr, old)),
+                 *(B.or_(B.not_(inr[i]), B.not_(inr[i - 1]), B.not_(old[i].brk))
+                   for i in range(1, len(old))))
+    registered = B.or_(*(B.and_(x, B.or_(c.um, c.uw)) for x, c in zip(inr, old)))
+    ok = B.and_(one, registered)
+    stopped, copied, errs, any_copied = B.F, [], [], B.F
+    for i, c in enumerate(old):
+        e = rules.uffdio_copy_page(B, B.T, c.pop, st.blocks[blk_of[i]].thp)
+        live = B.and_(ok, inr[i], B.not_(stopped))
+        fail = B.and_(live, B.not_(e == 0))
+        errs.append(B.ite(fail, e, 0))
+        copied.append(B.and_(live, B.not_(fail)))
+        stopped = B.or_(stopped, fail)
+        any_copied = B.or_(any_copied, copied[-1])
+    err = _first_error(B, errs)
+    ret = B.ite(B.not_(ok), rules.uffdio_copy_page(B, B.F, B.F, B.F),
+                B.ite(err == 0, 0, B.ite(any_copied, -EAGAIN, err)))
+    cs = [c._replace(pop=B.or_(c.pop, copied[i])) for i, c in enumerate(old)]
+    cs, next_av = _anon_vma_prepare(B, cs, copied, st.next_av)
+    ptable = [B.or_(blk.ptable, *(copied[first[k] + j] for j in range(len(blk.cells))))
+              for k, blk in enumerate(st.blocks)]
+    st2 = arena.regroup(st, cs, [bl.thp for bl in st.blocks], ptable)
+    return ret, st2._replace(next_av=next_av)
+
+
+def khugepaged(B: Any, era: Era, st: State) -> tuple[Any, State]:
+    """One full khugepaged scan (khugepaged_scan_mm_slot, default max_ptes_none=511): every
+    aligned PMD inside a VMA that khugepaged may scan is collapsed when rules.collapse_pmd allows,
+    provided the mm is on khugepaged's list.  The real thread needs time: conformance tunes
+    scan_sleep_millisecs and waits."""
+    old = cells(st)
+    views = arena.vma_views(B, old, len(st.blocks))
+    first = arena.block_first(st)
+    blocks = []
+    for k, blk in enumerate(st.blocks):
+        c0 = blk.cells[0]
+        elig = arena.khugepaged_eligible(B, era, c0, views[first[k]], st.mm, st.sysfs)
+        ok, _ = rules.collapse_pmd(B, era, True, B.or_(c0.um, c0.uw), blk.thp, blk.ptable,
+                                   B.or_(*(c.pop for c in blk.cells)),
+                                   B.and_(*(c.pop for c in blk.cells)))
+        done = B.and_(st.mm.registered, arena.in_one_vma(B, blk.cells), elig, ok,
+                      B.not_(blk.thp))
+        blocks.append(blk._replace(
+            thp=B.or_(blk.thp, done), ptable=B.and_(blk.ptable, B.not_(done)),
+            cells=tuple(c._replace(pop=B.or_(c.pop, done)) for c in blk.cells)))
+    return 0, st._replace(blocks=tuple(blocks))
+
+
+def prctl_set(B: Any, era: Era, st: State, a2: Any, a3: Any, a4: Any, a5: Any
+              ) -> tuple[Any, State]:
+    ret, mm = rules.prctl_set_thp_disable(B, era, st.mm, a2, a3, a4, a5)
+    return ret, st._replace(mm=mm)
+
+
+def prctl_get(B: Any, era: Era, st: State, a2: Any, a3: Any, a4: Any, a5: Any
+              ) -> tuple[Any, State]:
+    return rules.prctl_get_thp_disable(B, era, st.mm, a2, a3, a4, a5), st
+
+
+def fork(B: Any, era: Era, st: State) -> tuple[State, State]:
+    """fork(): (parent, child).  The child's VMAs keep their boundaries, flags and THPs
+    (dup_mmap copies VMA by VMA without merging; copy_huge_pmd) but lose uffd flags; its mm
+    comes from rules.mm_init."""
+    child = st._replace(
+        blocks=tuple(blk._replace(cells=tuple(
+            c._replace(**rules.dup_userfaultfd(B, c.flags)._asdict()) for c in blk.cells))
+            for blk in st.blocks),
+        mm=rules.mm_init(B, era, st.mm, fork=True))
+    return st, child
+
+
+def execve(B: Any, era: Era, st: State) -> State:
+    """execve(): a new mm (rules.mm_init) with nothing mapped in the arena."""
+    from .state import empty_state
+    fresh = empty_state(len(st.blocks), st.sysfs)
+    return fresh._replace(mm=rules.mm_init(B, era, st.mm, fork=False), next_av=st.next_av)
