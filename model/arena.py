@@ -23,7 +23,7 @@ class View(NamedTuple):
     fits: Any  # an aligned PMD lies inside the VMA
 
 
-def vma_views(B: Any, cs: list[Cell], nblocks: int) -> list[View]:
+def vma_views(B: Any, cs: list[Cell]) -> list[View]:
     n = len(cs)
     same = [B.F] * n
     vstart: list[Any] = [0] * n
@@ -33,10 +33,13 @@ def vma_views(B: Any, cs: list[Cell], nblocks: int) -> list[View]:
     vend: list[Any] = [0] * n
     for i in reversed(range(n)):
         vend[i] = B.ite(same[i + 1], vend[i + 1], cs[i].end) if i + 1 < n else cs[i].end
-    return [View(same[i], vstart[i], vend[i],
-                 B.or_(*(B.and_(vstart[i] <= k * PMD_PAGES, (k + 1) * PMD_PAGES <= vend[i])
-                         for k in range(nblocks))))
-            for i in range(n)]
+    return [View(same[i], vstart[i], vend[i], pmd_fits(B, vstart[i], vend[i])) for i in range(n)]
+
+
+def pmd_fits(B: Any, vstart: Any, vend: Any) -> Any:
+    """An aligned PMD lies inside [vstart, vend): the first aligned page at or after vstart
+    plus a PMD reaches no further than vend (thp_vma_suitable_order at vm_end - PMD_SIZE)."""
+    return B.div(vstart + PMD_PAGES - 1, PMD_PAGES) * PMD_PAGES + PMD_PAGES <= vend
 
 
 def block_first(st: State) -> list[int]:
@@ -58,14 +61,16 @@ def khugepaged_eligible(B: Any, era: Any, c: Cell, v: View, mm: Mm, sysfs: Any) 
                                    B.not_(c.av == 0), v.fits)
 
 
-def remerge(B: Any, cs: list[Cell], mod: list[Any]) -> list[Cell]:
+def remerge(B: Any, era: Any, cs: list[Cell], mod: list[Any]) -> list[Cell]:
     """Re-evaluate VMA boundaries after a range operation changed the cells marked `mod`.
 
     A boundary with a changed VMA on either side goes iff the two sides are mergeable
     (vma_merge_existing_range / vma_merge_new_range, mm/vma.c 6.12, which try prev, then next);
-    other boundaries stay.  Scanning left to right with the anon_vma of the VMA built so far
-    reproduces the kernel's choice when prev and next are not compatible with each other: the
-    changed VMA joins prev.  The merged VMA takes the one anon_vma it contains, if any.
+    other boundaries stay.  The VMA that moves is the changed one (the right one if both
+    changed: the walk goes left to right, so the left one was done first).  Scanning left to
+    right with the anon_vma of the VMA built so far reproduces the kernel's choice when prev and
+    next are not compatible with each other: the changed VMA joins prev.  The merged VMA takes
+    the one anon_vma it contains, if any.
     """
     n = len(cs)
     out: list[Cell] = []
@@ -77,7 +82,10 @@ def remerge(B: Any, cs: list[Cell], mod: list[Any]) -> list[Cell]:
             p = out[i - 1]
             touched = B.or_(mod[i - 1], mod[i])
             same = B.and_(c.mapped, p.mapped,
-                          B.ite(touched, rules.is_mergeable_vma(B, p, run[i - 1], c),
+                          B.ite(touched, rules.is_mergeable_vma(
+                                    B, era, p.flags, c.flags,
+                                    B.ite(mod[i], c.av, run[i - 1]),
+                                    B.ite(mod[i], run[i - 1], c.av)),
                                 B.not_(c.brk)))
         run[i] = B.ite(same, B.ite(run[i - 1] == 0, c.av, run[i - 1]), c.av) if i else c.av
         out.append(c._replace(brk=B.and_(c.mapped, B.not_(same))))
@@ -104,6 +112,9 @@ def split_thps(B: Any, st: State) -> State:
     (__split_vma -> vma_adjust_trans_huge -> split_huge_pmd); AnonHugePages no longer counts it."""
     blocks = []
     for b in st.blocks:
+        if B.is_false(b.thp):
+            blocks.append(b)
+            continue
         one = in_one_vma(B, b.cells)
         blocks.append(b._replace(thp=B.and_(b.thp, one),
                                  ptable=B.or_(b.ptable, B.and_(b.thp, B.not_(one)))))

@@ -41,6 +41,11 @@ class _Py:
         return a if c else b
 
     @staticmethod
+    def div(x: Any, n: int) -> Any:
+        """Integer division by a positive constant."""
+        return x // n
+
+    @staticmethod
     def is_true(x: Any) -> bool:
         """Whether `x` is certainly true (concretely: is true)."""
         return bool(x)
@@ -90,6 +95,10 @@ class _Z3:
         if isinstance(b, bool):
             b = z3.BoolVal(b)
         return z3.If(c, a, b)
+
+    @staticmethod
+    def div(x: Any, n: int) -> Any:
+        return x / n if z3.is_expr(x) else x // n  # Z3's Int division floors for n > 0
 
     @staticmethod
     def is_true(x: Any) -> bool:

@@ -24,7 +24,7 @@ def _version(text: str) -> tuple[int, int]:
         raise ValueError(f"bad kernel version {text!r} (want e.g. 6.12)") from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Era:
     id: str
     kernels: str  # the range this semantics stands for, as printed by `vmaflags eras`
@@ -38,6 +38,12 @@ class Era:
     collapse_none_ebusy: bool = False  # >= 6.4: SCAN_EXCEED_NONE_PTE -> EBUSY, before: EINVAL
     thp_eligible_smaps: bool = False  # >= 5.0: smaps THPeligible (7635d9cbe832)
     thp_enabled_status: bool = False  # >= 5.0: /proc/PID/status THP_enabled
+    # >= 6.16 (879bca0a2c4f "mm/vma: fix incorrectly disallowed anonymous VMA merges"): a VMA
+    # with an anon_vma may merge into a neighbour without one; before, only the other way round.
+    anon_merge_into_unfaulted: bool = False
+    # < 6.18: khugepaged and MADV_COLLAPSE need a writable PTE in the PMD (SCAN_PAGE_RO); removed
+    # by "mm: Enable khugepaged to operate on non-writable VMAs" (Sept 2025).
+    collapse_needs_writable: bool = True
 
     def at(self, kernel: str) -> Era:
         v = _version(kernel)
@@ -49,6 +55,8 @@ class Era:
             collapse_none_ebusy=v >= (6, 4),
             thp_eligible_smaps=v >= (5, 0),
             thp_enabled_status=v >= (5, 0),
+            anon_merge_into_unfaulted=v >= (6, 16),
+            collapse_needs_writable=v < (6, 18),
         )
 
     @property

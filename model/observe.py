@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 from . import arena, rules
 from .backend import PY
 from .eras import Era
-from .state import State, cells
+from .state import Cell, State, cells
 from .syscalls import PAGE, PMD_PAGES
 
 
@@ -20,18 +20,22 @@ class Fact(NamedTuple):
     anon_huge_kb: Any  # smaps AnonHugePages of the cell's VMA
 
 
+def vma_fact(B: Any, era: Era, st: State, c: Cell, v: arena.View) -> Fact:
+    """THPeligible and AnonHugePages of the VMA that cell `c` (seen as `v`) belongs to."""
+    elig = rules.thp_vma_allowable(B, era, rules.SMAPS, c.flags, st.mm, st.sysfs,
+                                   B.not_(c.av == 0), v.fits)
+    kb: Any = 0
+    for k, blk in enumerate(st.blocks):
+        if B.is_false(blk.thp):
+            continue
+        inside = B.and_(blk.thp, v.vstart <= k * PMD_PAGES, (k + 1) * PMD_PAGES <= v.vend)
+        kb = kb + B.ite(inside, 2048, 0)
+    return Fact(v, elig, kb)
+
+
 def cell_facts(B: Any, era: Era, st: State) -> list[Fact]:
     cs = cells(st)
-    out = []
-    for c, v in zip(cs, arena.vma_views(B, cs, len(st.blocks))):
-        elig = rules.thp_vma_allowable(B, era, rules.SMAPS, c.flags, st.mm, st.sysfs,
-                                       B.not_(c.av == 0), v.fits)
-        kb: Any = 0
-        for k, blk in enumerate(st.blocks):
-            inside = B.and_(blk.thp, v.vstart <= k * PMD_PAGES, (k + 1) * PMD_PAGES <= v.vend)
-            kb = kb + B.ite(inside, 2048, 0)
-        out.append(Fact(v, elig, kb))
-    return out
+    return [vma_fact(B, era, st, c, v) for c, v in zip(cs, arena.vma_views(B, cs))]
 
 
 class Vma(NamedTuple):
@@ -67,9 +71,11 @@ def flag_text(hg: bool, nh: bool, um: bool, uw: bool) -> str:
 
 def observe(era: Era, st: State, ret: int) -> Observation:
     vmas = []
-    for c, f in zip(cells(st), cell_facts(PY, era, st)):
-        if not c.mapped or f.view.same:
+    cs = cells(st)
+    for c, v in zip(cs, arena.vma_views(PY, cs)):
+        if not c.mapped or v.same:
             continue
+        f = vma_fact(PY, era, st, c, v)
         vmas.append(Vma(f.view.vstart * PAGE, f.view.vend * PAGE,
                         flag_text(c.hg, c.nh, c.um, c.uw),
                         None if f.eligible is None else int(f.eligible), f.anon_huge_kb))

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from .eras import Era
-from .errno import EBUSY, EEXIST, EINVAL
-from .state import Cell, Flags, Mm
+from .errno import EBUSY, EEXIST, EINVAL, ENOENT
+from .state import Flags, Mm
 from .syscalls import MADV_CLR_HUGEPAGE, MADV_COLLAPSE, MADV_HUGEPAGE, MADV_NOHUGEPAGE
 
 PR_THP_DISABLE_EXCEPT_ADVISED = 2  # include/uapi/linux/prctl.h, 6.18
@@ -190,36 +190,46 @@ def dup_userfaultfd(B: Any, f: Flags) -> Flags:
 
 # --- VMA merging (mm/vma.c is_mergeable_vma, is_mergeable_anon_vma) -----------------------------
 
-def is_mergeable_vma(B: Any, left: Cell, run_av: Any, right: Cell) -> Any:
-    """Can `right` merge into the VMA on its left, whose anon_vma is `run_av`?  vm_flags must be
-    equal (we track hg/nh/um/uw; the arena's other flags are equal by construction) and the
-    anon_vmas equal or one of them not yet allocated.  One userfaultfd per process, so equal
-    um/uw imply compatible uffd contexts.  list_is_singular(anon_vma_chain) only matters after
-    fork in the child, which the model does not run further."""
+def is_mergeable_vma(B: Any, era: Era, left: Flags, right: Flags, moving_av: Any, target_av: Any
+                     ) -> Any:
+    """Can two neighbouring VMAs merge?  `moving_av` is the anon_vma of the VMA being changed
+    or created, `target_av` that of the neighbour it would merge into (0 = none yet).
+
+    vm_flags must be equal (we track hg/nh/um/uw; the arena's other flags are equal by
+    construction); one userfaultfd per process, so equal um/uw imply the same uffd context.
+    is_mergeable_anon_vma(): equal anon_vmas, or the moving VMA has none; from 6.16 also a
+    moving VMA with one into a neighbour without.  Fork children (anon_vma_chain not singular)
+    never merge with written neighbours; the model does not run a child further.
+    """
+    anon_ok = B.or_(moving_av == target_av, moving_av == 0,
+                    B.and_(target_av == 0, B.T if era.anon_merge_into_unfaulted else B.F))
     return B.and_(left.hg == right.hg, left.nh == right.nh, left.um == right.um,
-                  left.uw == right.uw,
-                  B.or_(run_av == right.av, run_av == 0, right.av == 0))
+                  left.uw == right.uw, anon_ok)
 
 
 # --- collapse (mm/khugepaged.c) -----------------------------------------------------------------
 
 def collapse_pmd(B: Any, era: Era, khugepaged: bool, armed: Any, thp: Any, ptable: Any,
-                 any_pop: Any, all_pop: Any) -> tuple[Any, Any]:
-    """One aligned PMD inside an eligible VMA: (collapses or already is a THP, errno if not).
+                 any_pop: Any, all_pop: Any) -> tuple[Any, Any, Any]:
+    """One aligned PMD inside an eligible VMA: (ok, abort, errno).  `ok`: it is or becomes a
+    PMD-mapped THP; `abort`: MADV_COLLAPSE's loop stops here (madvise_collapse's result switch
+    lists the results that let it go on); `errno`: madvise_collapse_errno() of the failure.
 
-    hpage_collapse_scan_pmd(): no page table -> SCAN_PMD_NULL; a none PTE in a
-    userfaultfd_armed() VMA -> SCAN_EXCEED_NONE_PTE (4.3 "userfaultfd: prevent khugepaged to
-    merge if userfaultfd is armed": holes are missing information, not zeroes); no present PTE
-    -> SCAN_PAGE_RO (nothing writable).  khugepaged also needs none PTEs <= max_ptes_none (511,
-    the default: any present page will do) and a young page (freshly written pages are).
-    MADV_COLLAPSE ignores max_ptes_none.  madvise_collapse_errno(): SCAN_EXCEED_NONE_PTE is
-    EBUSY from ~6.4, EINVAL in 6.1; the others here are EINVAL.
+    hpage_collapse_scan_pmd() / find_pmd_or_thp_or_none(): a PMD THP is SCAN_PMD_MAPPED
+    (success); no page table is SCAN_PMD_NONE (abort; khugepaged never collapses it); a none
+    PTE in a userfaultfd_armed() VMA is SCAN_EXCEED_NONE_PTE (abort; 4.3 "userfaultfd: prevent
+    khugepaged to merge if userfaultfd is armed": holes are missing data, not zeroes), EBUSY
+    from ~6.4 and EINVAL in 6.1; no writable PTE is SCAN_PAGE_RO (go on, EINVAL) before 6.18.
+    khugepaged also needs none PTEs <= max_ptes_none (511 by default: one present page) and a
+    young page (a freshly written one is); MADV_COLLAPSE ignores both.
     """
     none_err = -EBUSY if era.collapse_none_ebusy else -EINVAL
-    ok = B.or_(thp,  # SCAN_PMD_MAPPED counts as success
-               B.and_(ptable, any_pop, B.or_(B.not_(armed), all_pop)))
-    err = B.ite(ok, 0, B.ite(B.and_(ptable, armed, B.not_(all_pop)), none_err, -EINVAL))
-    return ok, err
+    holes_armed = B.and_(armed, B.not_(all_pop))
+    abort = B.and_(B.not_(thp), B.or_(B.not_(ptable), holes_armed))
+    need_page = B.T if (khugepaged or era.collapse_needs_writable) else B.F
+    ok = B.or_(thp, B.and_(B.not_(abort), B.or_(any_pop, B.not_(need_page))))
+    err = B.ite(ok, 0, B.ite(B.and_(ptable, holes_armed), none_err, -EINVAL))
+    return ok, abort, err
 
 
 # --- faults and UFFDIO_COPY (mm/memory.c, mm/userfaultfd.c) -------------------------------------
@@ -235,10 +245,10 @@ def fault_huge_pmd(B: Any, era: Era, f: Flags, mm: Mm, sysfs: Any, pmd_none: Any
 
 
 def uffdio_copy_page(B: Any, registered: Any, present: Any, pmd_thp: Any) -> Any:
-    """mfill_atomic() for one destination page: errno or 0.  The range must lie in VMAs
-    registered with this uffd (else ENOENT); a PMD-mapped THP is EEXIST ("If the dst_pmd is THP
-    don't override it and just be strict"); a present PTE is EEXIST."""
-    from .errno import ENOENT
+    """mfill_atomic() for one destination page: errno or 0.  The range must lie in one VMA
+    registered with a userfaultfd, in any mode (validate_dst_vma; else ENOENT); a PMD-mapped
+    THP is EEXIST ("If the dst_pmd is THP don't override it and just be strict"); so is a
+    present PTE (mfill_atomic_install_pte)."""
     return B.ite(B.not_(registered), -ENOENT,
                  B.ite(B.or_(pmd_thp, present), -EEXIST, 0))
 

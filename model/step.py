@@ -13,7 +13,10 @@ from . import arena, rules
 from .eras import Era
 from .errno import EINVAL, ENOMEM, EAGAIN, EEXIST, SIGBUS, SIGSEGV
 from .state import Cell, State, cells, hole
-from .syscalls import MADV_COLLAPSE
+from .syscalls import PMD_PAGES
+from .syscalls import (MADV_COLLAPSE, Execve, Fork, Khugepaged, Madvise, Mmap, Munmap, PrctlGet,
+                       PrctlSet, Syscall, Sysfs, Touch, UffdClose, UffdCopy, UffdRegister,
+                       UffdUnregister)
 
 
 def _in(B: Any, c: Cell, a: Any, b: Any) -> Any:
@@ -36,10 +39,12 @@ def _register(B: Any, era: Era, st: State, cs: list[Cell], which: list[Any]) -> 
     """MMF_VM_HUGEPAGE after khugepaged_enter_vma() on the VMAs of the cells in `which`
     (called on mmap/merge, MADV_HUGEPAGE and THP faults, 6.12): registered if khugepaged may
     scan such a VMA.  An approximation: the call sites are not told apart."""
-    views = arena.vma_views(B, cs, len(st.blocks))
+    if all(B.is_false(w) for w in which):
+        return st.mm.registered
+    views = arena.vma_views(B, cs)
     return B.or_(st.mm.registered, *(
         B.and_(w, arena.khugepaged_eligible(B, era, c, v, st.mm, st.sysfs))
-        for c, v, w in zip(cs, views, which)))
+        for c, v, w in zip(cs, views, which) if not B.is_false(w)))
 
 
 def mmap(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
@@ -58,7 +63,7 @@ def mmap(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
     new = Cell(0, 0, B.T, B.F, f.hg, f.nh, f.um, f.uw, 0, B.F)
     cs = [Cell(*(B.ite(m, x, y) for x, y in zip(new._replace(start=c.start, end=c.end), c)))
           for c, m in zip(old, mod)]
-    cs = arena.remerge(B, cs, mod)
+    cs = arena.remerge(B, era, cs, mod)
     st2 = arena.regroup(st, cs, thp, ptable)
     return 0, st2._replace(mm=st2.mm._replace(registered=_register(B, era, st2, cs, mod)))
 
@@ -75,7 +80,7 @@ def munmap(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
     mod = [_in(B, c, a, b) for c in old]
     cs = [Cell(*(B.ite(m, x, y) for x, y in zip(hole(c.start, c.end), c)))
           for c, m in zip(old, mod)]
-    return 0, arena.regroup(st, arena.remerge(B, cs, mod), thp, ptable)
+    return 0, arena.regroup(st, arena.remerge(B, era, cs, mod), thp, ptable)
 
 
 def madvise(B: Any, era: Era, st: State, a: Any, b: Any, advice: int) -> tuple[Any, State]:
@@ -90,6 +95,11 @@ def madvise(B: Any, era: Era, st: State, a: Any, b: Any, advice: int) -> tuple[A
     stopped = B.F
     for c in old:
         inr = B.and_(_in(B, c, a, b), c.mapped, B.not_(stopped))
+        if B.is_false(inr):
+            cs.append(c)
+            mod.append(B.F)
+            errs.append(0)
+            continue
         f, err = rules.hugepage_madvise(B, era, c.flags, advice)
         bad = B.not_(err == 0)
         apply = B.and_(inr, B.not_(bad))
@@ -100,7 +110,7 @@ def madvise(B: Any, era: Era, st: State, a: Any, b: Any, advice: int) -> tuple[A
         cs.append(new)
     holes = B.or_(*(B.and_(_in(B, c, a, b), B.not_(c.mapped)) for c in old))
     ret = B.ite(stopped, _first_error(B, errs), B.ite(holes, -ENOMEM, 0))
-    cs = arena.remerge(B, cs, mod)
+    cs = arena.remerge(B, era, cs, mod)
     st2 = arena.split_thps(B, arena.regroup(st, cs, [bl.thp for bl in st.blocks],
                                             [bl.ptable for bl in st.blocks]))
     hg_set = [B.and_(m, c.hg) for m, c in zip(mod, cs)]
@@ -108,50 +118,55 @@ def madvise(B: Any, era: Era, st: State, a: Any, b: Any, advice: int) -> tuple[A
 
 
 def madvise_collapse(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
-    """MADV_COLLAPSE (mm/khugepaged.c madvise_collapse, 6.1+), per VMA in the range: EINVAL
-    unless thp_vma_allowable(FORCED_COLLAPSE); then every aligned PMD inside both the range and
-    the VMA is collapsed (rules.collapse_pmd); the VMA fails with the errno of its last failed
-    PMD, which stops the walk.  An already collapsed PMD counts as success."""
+    """MADV_COLLAPSE (mm/khugepaged.c madvise_collapse, 6.1+) on each VMA of the range, with
+    start/end clipped to it: EINVAL unless thp_vma_allowable(FORCED_COLLAPSE); EINVAL when the
+    clipped range lies strictly inside one PMD (the unsigned hend - hstart wraps); then every
+    aligned PMD in it is tried in order (rules.collapse_pmd) until one aborts the loop.  The
+    VMA fails with the errno of its last failure, which ends the walk; collapsed PMDs stay."""
     old = cells(st)
-    views = arena.vma_views(B, old, len(st.blocks))
+    nb = len(st.blocks)
+    views = arena.vma_views(B, old)
     first = arena.block_first(st)
     elig = [rules.thp_vma_allowable(B, era, rules.FORCED_COLLAPSE, c.flags, st.mm, st.sysfs,
                                     B.not_(c.av == 0), v.fits) for c, v in zip(old, views)]
-    # Per block: attempted by the VMA of its first cell?  Result?
-    tried, ok, err = [], [], []
+    vma_of = [views[first[k]].vstart for k in range(nb)]  # VMA of each block, by its start
+    tried, ok, abort, err = [], [], [], []
     for k, blk in enumerate(st.blocks):
         c0 = blk.cells[0]
         inside = B.and_(a <= c0.start, blk.cells[-1].end <= b, arena.in_one_vma(B, blk.cells))
-        o, e = rules.collapse_pmd(B, era, False, B.or_(c0.um, c0.uw), blk.thp, blk.ptable,
-                                  B.or_(*(c.pop for c in blk.cells)),
-                                  B.and_(*(c.pop for c in blk.cells)))
-        tried.append(B.and_(inside, elig[first[k]]))
+        o, ab, e = rules.collapse_pmd(B, era, False, B.or_(c0.um, c0.uw), blk.thp, blk.ptable,
+                                      B.or_(*(c.pop for c in blk.cells)),
+                                      B.and_(*(c.pop for c in blk.cells)))
+        earlier_abort = B.or_(*(B.and_(tried[j], abort[j], vma_of[j] == vma_of[k])
+                                for j in range(k)))
+        tried.append(B.and_(inside, elig[first[k]], B.not_(earlier_abort)))
         ok.append(o)
+        abort.append(ab)
         err.append(e)
-    # Per cell: the error of its VMA (the last failed PMD of the VMA, or EINVAL).
     vma_err = []
     for i, (c, v) in enumerate(zip(old, views)):
-        e: Any = 0
-        for k in range(len(st.blocks)):
-            mine = B.and_(tried[k], views[first[k]].vstart == v.vstart, B.not_(ok[k]))
-            e = B.ite(mine, err[k], e)
+        e: Any = 0  # last_fail of this VMA
+        for k in range(nb):
+            e = B.ite(B.and_(tried[k], vma_of[k] == v.vstart, B.not_(ok[k])), err[k], e)
+        lo, hi = B.ite(a <= v.vstart, v.vstart, a), B.ite(v.vend <= b, v.vend, b)
+        boundary = B.or_(*(B.and_(lo <= k * PMD_PAGES, k * PMD_PAGES <= hi)
+                           for k in range(nb + 1)))
         vma_err.append(B.ite(B.and_(_in(B, c, a, b), c.mapped),
-                             B.ite(elig[i], e, -EINVAL), 0))
-    # Errors of VMAs before each cell's VMA stop the walk.
-    before: list[Any] = []
-    for i in range(len(old)):
-        before.append(B.F if i == 0 else
-                      B.or_(before[i - 1], B.and_(B.not_(views[i].same),
+                             B.ite(B.and_(elig[i], boundary), e, -EINVAL), 0))
+    # An error of an earlier VMA ends the walk before this cell's VMA.
+    before: list[Any] = [B.F]
+    for i in range(1, len(old)):
+        before.append(B.or_(before[i - 1], B.and_(B.not_(views[i].same),
                                                   B.not_(vma_err[i - 1] == 0))))
     stopped = B.or_(*(B.not_(e == 0) for e in vma_err))
     holes = B.or_(*(B.and_(_in(B, c, a, b), B.not_(c.mapped)) for c in old))
     ret = B.ite(stopped, _first_error(B, vma_err), B.ite(holes, -ENOMEM, 0))
-    done = [B.and_(tried[k], ok[k], B.not_(before[first[k]])) for k in range(len(st.blocks))]
     blocks = []
     for k, blk in enumerate(st.blocks):
+        done = B.and_(tried[k], ok[k], B.not_(before[first[k]]))
         blocks.append(blk._replace(
-            thp=B.or_(blk.thp, done[k]), ptable=B.and_(blk.ptable, B.not_(done[k])),
-            cells=tuple(c._replace(pop=B.or_(c.pop, done[k])) for c in blk.cells)))
+            thp=B.or_(blk.thp, done), ptable=B.and_(blk.ptable, B.not_(done)),
+            cells=tuple(c._replace(pop=B.or_(c.pop, done)) for c in blk.cells)))
     return ret, st._replace(blocks=tuple(blocks))
 
 
@@ -165,29 +180,39 @@ def touch(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
     first = arena.block_first(st)
     cs, rets = [], []
     stopped = B.F
-    eff = []
+    eff, bus = [], []
     for c in old:
         inr = B.and_(_in(B, c, a, b), B.not_(stopped))
         stop = B.and_(inr, B.or_(B.not_(c.mapped), B.and_(c.um, B.not_(c.pop))))
         rets.append(B.ite(stop, B.ite(c.mapped, SIGBUS, SIGSEGV), 0))
         eff.append(B.and_(inr, B.not_(stop)))
+        bus.append(B.and_(stop, c.mapped))
         stopped = B.or_(stopped, stop)
     ret = _first_error(B, rets)
     thp_fault, thp, ptable = [], [], []
     for k, blk in enumerate(st.blocks):
         c0 = blk.cells[0]
-        touched = B.or_(*(eff[first[k] + j] for j in range(len(blk.cells))))
+        mine = range(first[k], first[k] + len(blk.cells))
+        touched = B.or_(*(eff[i] for i in mine))
         # the first write into the block finds pmd_none(): no THP and no PTE table yet
         pmd_none = B.and_(B.not_(blk.thp), B.not_(blk.ptable))
-        hf = B.and_(touched, rules.fault_huge_pmd(B, era, c0.flags, st.mm, st.sysfs, pmd_none,
-                                                   arena.in_one_vma(B, blk.cells)))
+        huge = rules.fault_huge_pmd(B, era, c0.flags, st.mm, st.sysfs, pmd_none,
+                                    arena.in_one_vma(B, blk.cells))
+        hf = B.and_(touched, huge)
         thp_fault.append(hf)
         thp.append(B.or_(blk.thp, hf))
-        ptable.append(B.or_(blk.ptable, B.and_(touched, B.not_(hf))))
+        # a PTE fault allocates the page table before it finds VM_UFFD_MISSING (SIGBUS);
+        # the THP path hands the fault over with the PMD still none
+        sigbus_pte = B.or_(*(B.and_(bus[i], B.not_(B.and_(
+            pmd_none, rules.fault_huge_pmd(B, era, old[i].flags._replace(um=B.F), st.mm,
+                                           st.sysfs, B.T, arena.in_one_vma(B, blk.cells)))))
+            for i in mine))
+        ptable.append(B.or_(blk.ptable, B.and_(touched, B.not_(hf)), sigbus_pte))
     blk_of = [k for k, blk in enumerate(st.blocks) for _ in blk.cells]
     for i, c in enumerate(old):
         cs.append(c._replace(pop=B.or_(c.pop, eff[i], thp_fault[blk_of[i]])))
-    wrote = [B.or_(eff[i], thp_fault[blk_of[i]]) for i in range(len(old))]
+    # vmf_anon_prepare() runs before the uffd check: a SIGBUS write also gets an anon_vma
+    wrote = [B.or_(eff[i], bus[i], thp_fault[blk_of[i]]) for i in range(len(old))]
     cs, next_av = _anon_vma_prepare(B, cs, wrote, st.next_av)
     st2 = arena.regroup(st, cs, thp, ptable)._replace(next_av=next_av)
     fault_cells = [thp_fault[blk_of[i]] for i in range(len(old))]
@@ -218,7 +243,7 @@ def _anon_vma_prepare(B: Any, cs: list[Cell], wrote: list[Any], next_av: Any
 
 def uffd_register(B: Any, era: Era, st: State, a: Any, b: Any, missing: bool, wp: bool
                   ) -> tuple[Any, State]:
-    """UFFDIO_REGISTER (fs/userfaultfd.c userfaultfd_register, 6.12): ENOMEM when no VMA
+    """UFFDIO_REGISTER (fs/userfaultfd.c userfaultfd_register, 6.12): EINVAL when no VMA
     intersects the range; holes are otherwise allowed.  A VMA already registered with every
     requested mode is skipped; others get exactly the requested mode, split to the range and
     merged (vma_modify_flags_uffd)."""
@@ -232,16 +257,16 @@ def uffd_register(B: Any, era: Era, st: State, a: Any, b: Any, missing: bool, wp
         cs.append(c._replace(um=B.ite(apply, f.um, c.um), uw=B.ite(apply, f.uw, c.uw)))
         mod.append(apply)
     some = B.or_(*(B.and_(_in(B, c, a, b), c.mapped) for c in old))
-    return _relayout(B, era, st, B.ite(some, 0, -ENOMEM), cs, mod, some)
+    return _relayout(B, era, st, B.ite(some, 0, -EINVAL), cs, mod, some)
 
 
 def uffd_unregister(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
-    """UFFDIO_UNREGISTER: ENOMEM when no VMA intersects the range; registered VMAs in it lose
-    their uffd flags, split and merged like register."""
+    """UFFDIO_UNREGISTER: EINVAL when no VMA intersects the range; registered VMAs in it lose
+    their uffd flags, split and merged like register (userfaultfd_clear_vma)."""
     old = cells(st)
     some = B.or_(*(B.and_(_in(B, c, a, b), c.mapped) for c in old))
     sel = [B.and_(_in(B, c, a, b), c.mapped) for c in old]
-    return _clear_uffd(B, era, st, sel, B.ite(some, 0, -ENOMEM), some)
+    return _clear_uffd(B, era, st, sel, B.ite(some, 0, -EINVAL), some)
 
 
 def uffd_close(B: Any, era: Era, st: State) -> tuple[Any, State]:
@@ -263,7 +288,7 @@ def _clear_uffd(B: Any, era: Era, st: State, sel: list[Any], ret: Any, ok: Any
 
 def _relayout(B: Any, era: Era, st: State, ret: Any, cs: list[Cell], mod: list[Any], ok: Any
               ) -> tuple[Any, State]:
-    cs = arena.remerge(B, cs, [B.and_(ok, m) for m in mod])
+    cs = arena.remerge(B, era, cs, [B.and_(ok, m) for m in mod])
     cs = [Cell(*(B.ite(ok, x, y) for x, y in zip(n, o))) for n, o in zip(cs, cells(st))]
     st2 = arena.regroup(st, cs, [bl.thp for bl in st.blocks], [bl.ptable for bl in st.blocks])
     return ret, arena.split_thps(B, st2)
@@ -297,7 +322,9 @@ def uffd_copy(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
     ret = B.ite(B.not_(ok), rules.uffdio_copy_page(B, B.F, B.F, B.F),
                 B.ite(err == 0, 0, B.ite(any_copied, -EAGAIN, err)))
     cs = [c._replace(pop=B.or_(c.pop, copied[i])) for i, c in enumerate(old)]
-    cs, next_av = _anon_vma_prepare(B, cs, copied, st.next_av)
+    # uffd_mfill_lock() prepares the anon_vma of the VMA holding dst before any other check
+    at_dst = [B.and_(c.mapped, c.start <= a, a < c.end) for c in old]
+    cs, next_av = _anon_vma_prepare(B, cs, at_dst, st.next_av)
     ptable = [B.or_(blk.ptable, *(copied[first[k] + j] for j in range(len(blk.cells))))
               for k, blk in enumerate(st.blocks)]
     st2 = arena.regroup(st, cs, [bl.thp for bl in st.blocks], ptable)
@@ -310,13 +337,13 @@ def khugepaged(B: Any, era: Era, st: State) -> tuple[Any, State]:
     provided the mm is on khugepaged's list.  The real thread needs time: conformance tunes
     scan_sleep_millisecs and waits."""
     old = cells(st)
-    views = arena.vma_views(B, old, len(st.blocks))
+    views = arena.vma_views(B, old)
     first = arena.block_first(st)
     blocks = []
     for k, blk in enumerate(st.blocks):
         c0 = blk.cells[0]
         elig = arena.khugepaged_eligible(B, era, c0, views[first[k]], st.mm, st.sysfs)
-        ok, _ = rules.collapse_pmd(B, era, True, B.or_(c0.um, c0.uw), blk.thp, blk.ptable,
+        ok, _, _ = rules.collapse_pmd(B, era, True, B.or_(c0.um, c0.uw), blk.thp, blk.ptable,
                                    B.or_(*(c.pop for c in blk.cells)),
                                    B.and_(*(c.pop for c in blk.cells)))
         done = B.and_(st.mm.registered, arena.in_one_vma(B, blk.cells), elig, ok,
@@ -355,3 +382,33 @@ def execve(B: Any, era: Era, st: State) -> State:
     from .state import empty_state
     fresh = empty_state(len(st.blocks), st.sysfs)
     return fresh._replace(mm=rules.mm_init(B, era, st.mm, fork=False), next_av=st.next_av)
+
+
+def transition(B: Any, era: Era, st: State, sc: Syscall, args: tuple[Any, ...]
+               ) -> tuple[Any, State, State | None]:
+    """Dispatch one syscall: (return value, new state, fork child or None).  `sc` gives the kind
+    and its Python-level parameters (advice, uffd mode); `args` the backend values of its
+    arguments: (a, b) in pages for ranged steps, (a2, a3, a4, a5) for prctl, (mode,) for sysfs."""
+    t = type(sc)
+    if t is Fork:
+        parent, child = fork(B, era, st)
+        return 0, parent, child
+    if t is Execve:
+        return 0, execve(B, era, st), None
+    if t is Sysfs:
+        return 0, st._replace(sysfs=args[0]), None
+    if t is Khugepaged:
+        return (*khugepaged(B, era, st), None)
+    if t is UffdClose:
+        return (*uffd_close(B, era, st), None)
+    if t is PrctlSet:
+        return (*prctl_set(B, era, st, *args), None)
+    if t is PrctlGet:
+        return (*prctl_get(B, era, st, *args), None)
+    if t is Madvise:
+        return (*madvise(B, era, st, *args, sc.advice), None)
+    if t is UffdRegister:
+        return (*uffd_register(B, era, st, *args, sc.missing, sc.wp), None)
+    fn = {Mmap: mmap, Munmap: munmap, Touch: touch, UffdUnregister: uffd_unregister,
+          UffdCopy: uffd_copy}[t]
+    return (*fn(B, era, st, *args), None)
