@@ -56,44 +56,45 @@ class _Py:
 
 
 class _Z3:
-    """Symbolic evaluation: Z3 terms (Python bools/ints are lifted where needed)."""
+    """Symbolic evaluation: Z3 terms.  Constants stay Python bools, so rules fold them away
+    and the terms only hold what is really symbolic."""
 
     symbolic = True
-    T = z3.BoolVal(True)
-    F = z3.BoolVal(False)
+    T = True
+    F = False
 
     @staticmethod
     def and_(*xs: Any) -> Any:
-        xs = tuple(x for x in xs if x is not True and not z3.is_true(x))
-        if any(x is False or z3.is_false(x) for x in xs):
-            return _Z3.F
-        return xs[0] if len(xs) == 1 else z3.And(*xs) if xs else _Z3.T
+        terms = []
+        for x in xs:
+            if x is True:
+                continue
+            if x is False:
+                return False
+            terms.append(x)
+        return terms[0] if len(terms) == 1 else z3.And(*terms) if terms else True
 
     @staticmethod
     def or_(*xs: Any) -> Any:
-        xs = tuple(x for x in xs if x is not False and not z3.is_false(x))
-        if any(x is True or z3.is_true(x) for x in xs):
-            return _Z3.T
-        return xs[0] if len(xs) == 1 else z3.Or(*xs) if xs else _Z3.F
+        terms = []
+        for x in xs:
+            if x is False:
+                continue
+            if x is True:
+                return True
+            terms.append(x)
+        return terms[0] if len(terms) == 1 else z3.Or(*terms) if terms else False
 
     @staticmethod
     def not_(x: Any) -> Any:
-        if isinstance(x, bool):
-            return z3.BoolVal(not x)
-        return z3.Not(x)
+        return (not x) if isinstance(x, bool) else z3.Not(x)
 
     @staticmethod
     def ite(c: Any, a: Any, b: Any) -> Any:
         if isinstance(c, bool):
             return a if c else b
-        if z3.is_true(c):
+        if a is b or (isinstance(a, (bool, int)) and type(a) is type(b) and a == b):
             return a
-        if z3.is_false(c):
-            return b
-        if isinstance(a, bool):
-            a = z3.BoolVal(a)
-        if isinstance(b, bool):
-            b = z3.BoolVal(b)
         return z3.If(c, a, b)
 
     @staticmethod
@@ -102,11 +103,11 @@ class _Z3:
 
     @staticmethod
     def is_true(x: Any) -> bool:
-        return x is True or (not isinstance(x, bool) and z3.is_true(x))
+        return x is True
 
     @staticmethod
     def is_false(x: Any) -> bool:
-        return x is False or (not isinstance(x, bool) and z3.is_false(x))
+        return x is False
 
 
 PY = _Py()

@@ -12,7 +12,7 @@ from typing import Any
 from . import arena, rules
 from .eras import Era
 from .errno import EINVAL, ENOMEM, EAGAIN, EEXIST, SIGBUS, SIGSEGV
-from .state import Cell, State, cells, hole
+from .state import Block, Cell, State, cells, hole
 from .syscalls import PMD_PAGES
 from .syscalls import (MADV_COLLAPSE, Execve, Fork, Khugepaged, Madvise, Mmap, Munmap, PrctlGet,
                        PrctlSet, Syscall, Sysfs, Touch, UffdClose, UffdCopy, UffdRegister,
@@ -207,7 +207,10 @@ def touch(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
             pmd_none, rules.fault_huge_pmd(B, era, old[i].flags._replace(um=B.F), st.mm,
                                            st.sysfs, B.T, arena.in_one_vma(B, blk.cells)))))
             for i in mine))
-        ptable.append(B.or_(blk.ptable, B.and_(touched, B.not_(hf)), sigbus_pte))
+        # a write to a present page (or into a THP) takes no fault; a new PTE needs the table
+        pte_fault = B.and_(B.not_(blk.thp), B.not_(hf),
+                           B.or_(*(B.and_(eff[i], B.not_(old[i].pop)) for i in mine)))
+        ptable.append(B.or_(blk.ptable, pte_fault, sigbus_pte))
     blk_of = [k for k, blk in enumerate(st.blocks) for _ in blk.cells]
     for i, c in enumerate(old):
         cs.append(c._replace(pop=B.or_(c.pop, eff[i], thp_fault[blk_of[i]])))
@@ -378,12 +381,11 @@ def fork(B: Any, era: Era, st: State) -> tuple[State, State]:
 
 
 def execve(B: Any, era: Era, st: State) -> State:
-    """execve(): a new mm (rules.mm_init) with nothing mapped in the arena."""
-    from .state import empty_state
-    fresh = empty_state(len(st.blocks), st.sysfs)
-    return fresh._replace(mm=rules.mm_init(B, era, st.mm, fork=False), next_av=st.next_av)
-
-
+    """execve(): a new mm (rules.mm_init) with nothing mapped in the arena (the cells keep
+    their bounds, so a symbolic state keeps its shape)."""
+    blocks = tuple(Block(B.F, B.F, tuple(hole(c.start, c.end) for c in blk.cells))
+                   for blk in st.blocks)
+    return st._replace(blocks=blocks, mm=rules.mm_init(B, era, st.mm, fork=False))
 def transition(B: Any, era: Era, st: State, sc: Syscall, args: tuple[Any, ...]
                ) -> tuple[Any, State, State | None]:
     """Dispatch one syscall: (return value, new state, fork child or None).  `sc` gives the kind
