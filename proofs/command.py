@@ -65,26 +65,35 @@ def obligations(theorems: list[str] | None, eras: list[Era]) -> list[tuple[str, 
     return out
 
 
-def _work(job: tuple[str, str | None, str]) -> Row:
-    tid, p, eid = job
-    v, secs = run_one(THEOREMS[tid], ERAS[eid], p)
-    exp, reason = EXPECTED[(tid, p)][eid]
-    return Row(tid, eid, p, v.verdict, exp, reason, v.method, v.bound, secs, v.counterexample,
-               v.vacuity, v.note)
+def _work(batch: list[tuple[str, str | None, str]]) -> list[Row]:
+    out = []
+    for tid, p, eid in batch:
+        v, secs = run_one(THEOREMS[tid], ERAS[eid], p)
+        exp, reason = EXPECTED[(tid, p)][eid]
+        out.append(Row(tid, eid, p, v.verdict, exp, reason, v.method, v.bound, secs,
+                       v.counterexample, v.vacuity, v.note))
+    return out
 
 
 def run(jobs: list[tuple[str, str | None, str]], show_progress: bool) -> list[Row]:
-    workers = min(len(jobs), os.cpu_count() or 1) or 1
-    # Heavier obligations first, so the pool does not end on a long one.
-    order = sorted(range(len(jobs)), key=lambda i: THEOREMS[jobs[i][0]].protocols, reverse=True)
+    """Run the obligations on all cores.  The two CRIU theorems of one protocol and era go to
+    the same worker, which builds the protocol's symbolic run once for both."""
+    batches: dict[tuple, list[int]] = {}
+    for i, (tid, p, eid) in enumerate(jobs):
+        batches.setdefault((p, eid) if p else (tid, eid), []).append(i)
+    # Heavier batches first, so the pool does not end on a long one.
+    order = sorted(batches.values(), key=lambda b: len(b) + THEOREMS[jobs[b[0]][0]].protocols,
+                   reverse=True)
+    workers = min(len(order), os.cpu_count() or 1) or 1
     results: dict[int, Row] = {}
     with ProcessPoolExecutor(workers) as pool, \
             Progress(transient=True, disable=not show_progress) as progress:
         task = progress.add_task("proving", total=len(jobs))
-        futures = {pool.submit(_work, jobs[i]): i for i in order}
+        futures = {pool.submit(_work, [jobs[i] for i in b]): b for b in order}
         for fut in futures:
-            results[futures[fut]] = fut.result()
-            progress.advance(task)
+            for i, row in zip(futures[fut], fut.result()):
+                results[i] = row
+            progress.advance(task, len(futures[fut]))
     return [results[i] for i in range(len(jobs))]
 
 
@@ -101,6 +110,8 @@ def ktap(rows: list[Row]) -> str:
 
 def table(rows: list[Row], console: Console) -> None:
     t = Table("theorem", "protocol", "era", "verdict", "expected", "method", "s")
+    for col in t.columns[:3]:
+        col.no_wrap = True
     for r in rows:
         style = "" if r.ok else "bold red"
         verdict = r.verdict + (" (vacuous)" if r.vacuity else "")
@@ -130,7 +141,7 @@ def prove(theorems: list[str] | None, eras: list[Era], json_out: bool, as_ktap: 
                    err=True)
         return 2
     jobs = obligations(theorems, eras)
-    console = Console()
+    console = Console(width=None if Console().is_terminal else 150)
     rows = run(jobs, show_progress=not (json_out or as_ktap) and console.is_terminal)
     if json_out:
         print(json.dumps({"results": [r.as_json() for r in rows]}, indent=1))

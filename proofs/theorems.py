@@ -108,14 +108,15 @@ def _sysfs(m: z3.ModelRef, st: State) -> int:
 # --- bounded search from the empty process ------------------------------------------------------
 
 def bmc(era: Era, shp: tuple[int, ...], depth: int, bad: Callable[[E.Run], Any],
-        options: Callable[[int], list[Syscall]]) -> tuple[E.Run, z3.ModelRef] | None:
-    """Shortest run from a fresh process (any sysfs mode) whose last step makes `bad` true."""
+        options: Callable[[bool], list[Syscall]]) -> tuple[E.Run, z3.ModelRef] | None:
+    """Shortest run from a fresh process (any sysfs mode) whose last step makes `bad` true;
+    `options(last)` gives the syscalls a step may take."""
     for k in range(1, depth + 1):
         for nice in (True, False):
             st0, wf = E.empty(shp)
             run = E.Run(era, [st0])
             for j in range(k):
-                run.step(options(j))
+                run.step(options(j == k - 1))
             facts = [wf, *run.side, bad(run)]
             if nice:  # readable traces first: cell bounds on 1 MiB boundaries
                 facts += [c.start % (PMD_PAGES // 2) == 0 for c in cells(st0)]
@@ -148,7 +149,7 @@ def hg_nh_exclusive(era: Era) -> Verdict:
     if base == z3.unsat and r == z3.unsat:
         return Verdict("proved", "induction", vacuity=vac)
     found = bmc(era, shp, 4, lambda rn: z3.Or(*(z3.And(c.hg, c.nh) for c in cells(rn.last))),
-                lambda j: E.alphabet(era))
+                lambda last: E.alphabet(era))
     if found:
         rn, mm = found
         return Verdict("refuted", "bounded", "4 steps", _trace(era, rn, mm, shp), vac)
@@ -211,7 +212,8 @@ def prctl_transparent(era: Era) -> Verdict:
             toggles = [z3.Bool(E.fresh("toggle")) for _ in range(k)]
             for t in toggles:
                 product_step(ra, rb, t)
-            facts = [wf, *ra.side, z3.Not(related(ra.last, rb.last))]
+            facts = [wf, *ra.side, z3.Not(z3.And(*(E.flags_equal(x, y) for x, y in
+                                                    zip(cells(ra.last), cells(rb.last)))))]
             if nice:
                 facts += [c.start % (PMD_PAGES // 2) == 0 for c in cells(st0)]
             r, m = E.check(*facts)
@@ -424,12 +426,14 @@ def clr_is_neutral(era: Era) -> Verdict:
 
     clr = [sc for sc in E.alphabet(era, [Madvise]) if sc.advice == -1]
     found = bmc(era, shp, 4, bad,
-                lambda j: E.alphabet(era, [Mmap, PrctlSet, Madvise, Execve]) if j < 3 else clr)
+                lambda last: clr if last else E.alphabet(era, [Mmap, PrctlSet, Madvise]))
     if found is None:
         return Verdict("unknown", "bounded", "4 steps", note="rule differs, no trace found")
     rn, m = found
+    fr = rules.new_vma_flags(Z3, era, rn.last.mm)
+    fresh_text = "hg" if E.val(m, fr.hg) else "nh" if E.val(m, fr.nh) else "-"
     return Verdict("refuted", "induction", None, _trace(era, rn, m, shp),
-                   note="the last step's VMA differs from what mmap would create now")
+                   note=f"after the CLR the VMA differs from a fresh mmap now ({fresh_text})")
 
 
 def no_return_to_neither(era: Era) -> Verdict:
@@ -454,7 +458,7 @@ def no_return_to_neither(era: Era) -> Verdict:
                        for a, b in zip(cells(rn.states[-2]), cells(rn.last))))
 
     found = bmc(era, shp, 3, bad,
-                lambda j: E.alphabet(era, [Mmap, Madvise]) if j < 2 else madv)
+                lambda last: madv if last else E.alphabet(era, [Mmap, Madvise]))
     if found is None:
         return Verdict("unknown", "bounded", "3 steps", vacuity=vac)
     rn, m = found
