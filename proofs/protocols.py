@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from vmaflags.model import arena
 from vmaflags.model.backend import Z3
-from vmaflags.model.rules import thp_disable_value
+from vmaflags.model import rules
 from vmaflags.model.state import State, cells
 from vmaflags.model.syscalls import (MADV_CLR_HUGEPAGE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, Madvise,
                                      Mmap, PrctlSet, Touch, UffdRegister)
@@ -30,7 +30,7 @@ class Restore:
         self.run, self.dump = run, dump
         self.cs = cells(dump)
         self.views = arena.vma_views(Z3, self.cs)
-        self.saved_get = thp_disable_value(Z3, run.era, dump.mm)
+        self.saved_get = rules.thp_disable_value(Z3, run.era, dump.mm)
 
     def each_vma(self, action: Callable[[int], None]) -> None:
         """`action(i)` for every cell i that starts a dumped VMA, in address order."""
