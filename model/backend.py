@@ -6,7 +6,8 @@ proofs.  Because both run the very same rule code, there is one definition of th
 """
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import z3
 
@@ -112,3 +113,30 @@ class _Z3:
 
 PY = _Py()
 Z3 = _Z3()
+
+_memos: list[dict] = []
+
+
+def memo_concrete(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Memoise a rule for the PY backend (its arguments are then hashable values); Z3 calls
+    go straight through.  The interpreter asks the same few questions again and again."""
+    memo: dict = {}
+    _memos.append(memo)
+
+    @functools.wraps(fn)
+    def wrapper(B: Any, *args: Any) -> Any:
+        if B is not PY:
+            return fn(B, *args)
+        try:
+            return memo[args]
+        except KeyError:
+            memo[args] = out = fn(B, *args)
+            return out
+
+    return wrapper
+
+
+def clear_memos() -> None:
+    """Forget memoised results (tests that swap a rule for a mutant call this)."""
+    for m in _memos:
+        m.clear()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .backend import memo_concrete
 from .eras import Era
 from .errno import EBUSY, EEXIST, EINVAL, ENOENT
 from .state import Flags, Mm
@@ -109,6 +110,7 @@ def is_clr_hugepage(era: Era, advice: int) -> bool:
     return era.clr_hugepage is not None and advice in (MADV_CLR_HUGEPAGE, era.clr_hugepage)
 
 
+@memo_concrete
 def hugepage_madvise(B: Any, era: Era, f: Flags, advice: int) -> tuple[Flags, Any]:
     """hugepage_madvise(): (new flags, error for this VMA).  Each advice sets its own bit and
     clears the other (all eras).  Before ~4.5 ("mm: Loosen MADV_NOHUGEPAGE to enable Qemu
@@ -125,6 +127,7 @@ def hugepage_madvise(B: Any, era: Era, f: Flags, advice: int) -> tuple[Flags, An
 
 # --- eligibility (include/linux/huge_mm.h, mm/huge_memory.c) ------------------------------------
 
+@memo_concrete
 def vma_thp_disabled(B: Any, era: Era, f: Flags, mm: Mm, forced_collapse: bool) -> Any:
     """Is THP disabled for the VMA by VM_NOHUGEPAGE or the process?"""
     if era.def_flags:
@@ -140,6 +143,7 @@ def vma_thp_disabled(B: Any, era: Era, f: Flags, mm: Mm, forced_collapse: bool) 
                         mm.except_adv))  # 5. otherwise disabled iff EXCEPT_ADVISED
 
 
+@memo_concrete
 def thp_vma_allowable(B: Any, era: Era, user: str, f: Flags, mm: Mm, sysfs: Any,
                       anon_vma: Any, pmd_fits: Any) -> Any:
     """May `user` use a PMD-sized THP in this anonymous VMA?

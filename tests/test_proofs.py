@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from vmaflags.cli import app
 from vmaflags.model import ERAS, concrete, rules
+from vmaflags.model.backend import clear_memos
 from vmaflags.model.state import Flags
 from vmaflags.proofs import theorems as T
 from vmaflags.proofs.command import obligations
@@ -24,6 +25,7 @@ def clear_caches():
     T._restore.cache_clear()
     concrete.run_syscall.cache_clear()
     concrete.observe_cached.cache_clear()
+    clear_memos()
 
 
 @pytest.fixture(autouse=True)
