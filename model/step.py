@@ -47,17 +47,25 @@ def _register(B: Any, era: Era, st: State, cs: list[Cell], which: list[Any]) -> 
         for c, v, w in zip(cs, views, which) if not B.is_false(w)))
 
 
-def mmap(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
-    """mmap(MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED) of [a, b): whatever was there is unmapped
-    (its page tables freed where no VMA is left in the PMD), then a fresh VMA with
-    rules.new_vma_flags() is merged with its neighbours where mergeable (mmap_region)."""
-    f = rules.new_vma_flags(B, era, st.mm)
+def _unmap_pmds(B: Any, st: State, a: Any, b: Any) -> tuple[list[Any], list[Any]]:
+    """PMD state after [a, b) is unmapped: a THP it touches is gone (split where part of it
+    stays mapped, which leaves a PTE table); a PTE table is freed once no VMA is left in its
+    PMD (free_pgtables between the neighbouring VMAs)."""
     thp, ptable = [], []
     for blk in st.blocks:
         hit = _hits(B, blk.cells, a, b)
         kept = B.or_(*(B.and_(c.mapped, B.not_(_in(B, c, a, b))) for c in blk.cells))
         thp.append(B.and_(blk.thp, B.not_(hit)))
         ptable.append(B.and_(B.or_(blk.ptable, blk.thp), kept, B.not_(thp[-1])))
+    return thp, ptable
+
+
+def mmap(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
+    """mmap(MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED) of [a, b): whatever was there is unmapped
+    (its page tables freed where no VMA is left in the PMD), then a fresh VMA with
+    rules.new_vma_flags() is merged with its neighbours where mergeable (mmap_region)."""
+    f = rules.new_vma_flags(B, era, st.mm)
+    thp, ptable = _unmap_pmds(B, st, a, b)
     old = cells(st)
     mod = [_in(B, c, a, b) for c in old]
     new = Cell(0, 0, B.T, B.F, f.hg, f.nh, f.um, f.uw, 0, B.F)
@@ -70,12 +78,7 @@ def mmap(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
 
 def munmap(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
     """munmap of [a, b): no error for holes; a partly unmapped THP is split."""
-    thp, ptable = [], []
-    for blk in st.blocks:
-        hit = _hits(B, blk.cells, a, b)
-        kept = B.or_(*(B.and_(c.mapped, B.not_(_in(B, c, a, b))) for c in blk.cells))
-        thp.append(B.and_(blk.thp, B.not_(hit)))
-        ptable.append(B.and_(B.or_(blk.ptable, blk.thp), kept, B.not_(thp[-1])))
+    thp, ptable = _unmap_pmds(B, st, a, b)
     old = cells(st)
     mod = [_in(B, c, a, b) for c in old]
     cs = [Cell(*(B.ite(m, x, y) for x, y in zip(hole(c.start, c.end), c)))
