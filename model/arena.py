@@ -81,12 +81,12 @@ def remerge(B: Any, era: Any, cs: list[Cell], mod: list[Any]) -> list[Cell]:
         else:
             p = out[i - 1]
             touched = B.or_(mod[i - 1], mod[i])
-            same = B.and_(c.mapped, p.mapped,
-                          B.ite(touched, rules.is_mergeable_vma(
-                                    B, era, p.flags, c.flags,
-                                    B.ite(mod[i], c.av, run[i - 1]),
-                                    B.ite(mod[i], run[i - 1], c.av)),
-                                B.not_(c.brk)))
+            kept = B.not_(c.brk)
+            if not B.is_false(touched):
+                kept = B.ite(touched, rules.is_mergeable_vma(
+                    B, era, p.flags, c.flags, B.ite(mod[i], c.av, run[i - 1]),
+                    B.ite(mod[i], run[i - 1], c.av)), kept)
+            same = B.and_(c.mapped, p.mapped, kept)
         run[i] = B.ite(same, B.ite(run[i - 1] == 0, c.av, run[i - 1]), c.av) if i else c.av
         out.append(c._replace(brk=B.and_(c.mapped, B.not_(same))))
     final: list[Any] = [0] * n
