@@ -15,7 +15,7 @@ from .errno import EINVAL
 from .observe import Observation, observe
 from .state import Block, Cell, State, empty_state
 from .syscalls import (PAGE, PMD_PAGES, Execve, Fork, Khugepaged, Madvise, Mmap, Munmap, PrctlGet,
-                       PrctlSet, Script, ScriptError, Syscall, Sysfs, Touch, UffdClose, UffdCopy,
+                       PrctlSet, Script, ScriptError, Syscall, Sysfs, UffdClose, UffdCopy,
                        UffdRegister, UffdUnregister)
 
 

@@ -11,12 +11,11 @@ from typing import Any
 
 from . import arena, rules
 from .eras import Era
-from .errno import EINVAL, ENOMEM, EAGAIN, EEXIST, SIGBUS, SIGSEGV
+from .errno import EINVAL, ENOMEM, EAGAIN, SIGBUS, SIGSEGV
 from .state import Block, Cell, State, cells, hole
-from .syscalls import PMD_PAGES
-from .syscalls import (MADV_COLLAPSE, Execve, Fork, Khugepaged, Madvise, Mmap, Munmap, PrctlGet,
-                       PrctlSet, Syscall, Sysfs, Touch, UffdClose, UffdCopy, UffdRegister,
-                       UffdUnregister)
+from .syscalls import (MADV_COLLAPSE, PMD_PAGES, Execve, Fork, Khugepaged, Madvise, Mmap, Munmap,
+                       PrctlGet, PrctlSet, Syscall, Sysfs, Touch, UffdClose, UffdCopy,
+                       UffdRegister, UffdUnregister)
 
 
 def _in(B: Any, c: Cell, a: Any, b: Any) -> Any:
