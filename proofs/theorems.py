@@ -89,12 +89,13 @@ def replay(era: Era, steps: list[Syscall], sysfs: int, arena_blocks: int, proces
            ) -> list[dict]:
     """Run a trace on the concrete interpreter from a fresh process; one dict per step."""
     from vmaflags.model import concrete
-    from vmaflags.model.syscalls import Script
+    from vmaflags.model.syscalls import SYSFS_MODES, Script
 
     script = Script(tuple(steps), arena_blocks)
     out = []
     for n, (sc, o) in enumerate(zip(steps, concrete.run(era, script, sysfs)), 1):
-        d = {"process": process, "step": n, "syscall": sc.text(), "observation": o.obs.text()}
+        d = {"process": process, "step": n, "syscall": sc.text(), "observation": o.obs.text(),
+             "sysfs": SYSFS_MODES[sysfs], "arena": arena_blocks}
         if o.child is not None:
             d["child"] = o.child.text()
         out.append(d)
