@@ -44,6 +44,12 @@ class Era:
     # < 6.18: khugepaged and MADV_COLLAPSE need a writable PTE in the PMD (SCAN_PAGE_RO); removed
     # by "mm: Enable khugepaged to operate on non-writable VMAs" (Sept 2025).
     collapse_needs_writable: bool = True
+    # MADV_HUGEPAGE puts the mm on khugepaged's list even when the VMA already had hg: 4.x
+    # (khugepaged_enter_vma_merge) and 6.1 (khugepaged_enter_vma) call it from hugepage_madvise()
+    # before the "flags unchanged" return; Debian's 6.12 only after a change (madvise_update_vma);
+    # 6.18 again on every call (seen on the 6.18 host, conformance/DIVERGENCES.md 1).  The
+    # releases where it moved are not pinned.
+    hugepage_madvise_registers: bool = True
 
     def at(self, kernel: str) -> Era:
         v = _version(kernel)
@@ -57,6 +63,7 @@ class Era:
             thp_enabled_status=v >= (5, 0),
             anon_merge_into_unfaulted=v >= (6, 16),
             collapse_needs_writable=v < (6, 18),
+            hugepage_madvise_registers=not (6, 12) <= v < (6, 18),
         )
 
     @property

@@ -93,13 +93,14 @@ def madvise(B: Any, era: Era, st: State, a: Any, b: Any, advice: int) -> tuple[A
     if advice == MADV_COLLAPSE:
         return madvise_collapse(B, era, st, a, b)
     old = cells(st)
-    cs, mod, errs = [], [], []
+    cs, mod, advised, errs = [], [], [], []
     stopped = B.F
     for c in old:
         inr = B.and_(_in(B, c, a, b), c.mapped, B.not_(stopped))
         if B.is_false(inr):
             cs.append(c)
             mod.append(B.F)
+            advised.append(B.F)
             errs.append(0)
             continue
         f, err = rules.hugepage_madvise(B, era, c.flags, advice)
@@ -109,13 +110,16 @@ def madvise(B: Any, era: Era, st: State, a: Any, b: Any, advice: int) -> tuple[A
         stopped = B.or_(stopped, B.and_(inr, bad))
         new = c._replace(hg=B.ite(apply, f.hg, c.hg), nh=B.ite(apply, f.nh, c.nh))
         mod.append(B.and_(apply, B.or_(B.not_(new.hg == c.hg), B.not_(new.nh == c.nh))))
+        advised.append(apply)
         cs.append(new)
     holes = B.or_(*(B.and_(_in(B, c, a, b), B.not_(c.mapped)) for c in old))
     ret = B.ite(stopped, _first_error(B, errs), B.ite(holes, -ENOMEM, 0))
     cs = arena.remerge(B, era, cs, mod)
     st2 = arena.split_thps(B, arena.regroup(st, cs, [bl.thp for bl in st.blocks],
                                             [bl.ptable for bl in st.blocks]))
-    hg_set = [B.and_(m, c.hg) for m, c in zip(mod, cs)]
+    # khugepaged_enter_vma() for VM_HUGEPAGE: after a change, or on every MADV_HUGEPAGE
+    entered = advised if era.hugepage_madvise_registers else mod
+    hg_set = [B.and_(m, c.hg) for m, c in zip(entered, cs)]
     return ret, st2._replace(mm=st2.mm._replace(registered=_register(B, era, st2, cs, hg_set)))
 
 
