@@ -66,11 +66,11 @@ def remerge(B: Any, era: Any, cs: list[Cell], mod: list[Any]) -> list[Cell]:
 
     A boundary with a changed VMA on either side goes iff the two sides are mergeable
     (vma_merge_existing_range / vma_merge_new_range, mm/vma.c 6.12, which try prev, then next);
-    other boundaries stay.  The VMA that moves is the changed one (the right one if both
-    changed: the walk goes left to right, so the left one was done first).  Scanning left to
-    right with the anon_vma of the VMA built so far reproduces the kernel's choice when prev and
-    next are not compatible with each other: the changed VMA joins prev.  The merged VMA takes
-    the one anon_vma it contains, if any.
+    other boundaries stay.  The VMA that moves is the changed one, with its own anon_vma (the
+    right one if both changed: the walk goes left to right, so the left one was done first).
+    Scanning left to right with the anon_vma of the VMA built so far reproduces the kernel's
+    choice when prev and next are not compatible with each other: the changed VMA joins prev.
+    The merged VMA takes the one anon_vma it contains, if any.
     """
     n = len(cs)
     out: list[Cell] = []
@@ -83,9 +83,14 @@ def remerge(B: Any, era: Any, cs: list[Cell], mod: list[Any]) -> list[Cell]:
             touched = B.or_(mod[i - 1], mod[i])
             kept = B.not_(c.brk)
             if not B.is_false(touched):
-                kept = B.ite(touched, rules.is_mergeable_vma(
-                    B, era, p.flags, c.flags, B.ite(mod[i], c.av, run[i - 1]),
-                    B.ite(mod[i], run[i - 1], c.av)), kept)
+                # the right VMA changed: it merges into prev (the run so far); else the left
+                # one changed and merges into next, and if it already took prev, prev and next
+                # must be compatible too (vma_merge_existing_range's merge_both)
+                joins = B.ite(mod[i],
+                              rules.is_mergeable_vma(B, era, p.flags, c.flags, c.av, run[i - 1]),
+                              B.and_(rules.is_mergeable_vma(B, era, p.flags, c.flags, p.av, c.av),
+                                     rules.are_anon_vmas_compatible(B, run[i - 1], c.av)))
+                kept = B.ite(touched, joins, kept)
             same = B.and_(c.mapped, p.mapped, kept)
         run[i] = B.ite(same, B.ite(run[i - 1] == 0, c.av, run[i - 1]), c.av) if i else c.av
         out.append(c._replace(brk=B.and_(c.mapped, B.not_(same))))

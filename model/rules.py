@@ -211,6 +211,13 @@ def is_mergeable_vma(B: Any, era: Era, left: Flags, right: Flags, moving_av: Any
                   left.uw == right.uw, anon_ok)
 
 
+def are_anon_vmas_compatible(B: Any, prev_av: Any, next_av: Any) -> Any:
+    """Merging a changed VMA with both neighbours also needs prev's and next's anon_vmas to
+    fit each other: equal, or one of them none (mm/vma.c are_anon_vmas_compatible, 6.12; 6.1
+    mm/mmap.c vma_merge)."""
+    return B.or_(prev_av == next_av, prev_av == 0, next_av == 0)
+
+
 # --- collapse (mm/khugepaged.c) -----------------------------------------------------------------
 
 def collapse_pmd(B: Any, era: Era, khugepaged: bool, armed: Any, thp: Any, ptable: Any,
