@@ -231,23 +231,44 @@ def touch(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
 
 def _anon_vma_prepare(B: Any, cs: list[Cell], wrote: list[Any], next_av: Any
                       ) -> tuple[list[Cell], Any]:
-    """Give each VMA written to for the first time a fresh anon_vma (mm/rmap.c
-    __anon_vma_prepare; reusing a neighbour's via find_mergeable_anon_vma needs flags equal
-    up to access bits, which in this model means the VMAs would already have merged)."""
+    """Give each VMA written to for the first time an anon_vma (mm/rmap.c __anon_vma_prepare):
+    find_mergeable_anon_vma() reuses the next VMA's, else the previous one's, when that VMA is
+    adjacent, has one and has the same flags (anon_vma_compatible; such neighbours exist when a
+    written VMA could not merge into an unwritten one, before 6.16); else a fresh one."""
     n = len(cs)
     same = [B.F] + [B.and_(cs[i].mapped, cs[i - 1].mapped, B.not_(cs[i].brk))
                     for i in range(1, n)]
     need = [B.F] * n  # some cell of this cell's VMA is written
+    after: list[Cell | None] = [None] * n  # first cell of the VMA after this cell's VMA
     for i in reversed(range(n)):
         nxt = B.and_(same[i + 1], need[i + 1]) if i + 1 < n else B.F
         need[i] = B.or_(B.and_(wrote[i], cs[i].av == 0), nxt)
-    out, counter, cur, vneed = [], next_av, next_av, B.F
+        if i + 1 < n:
+            after[i] = after[i + 1] if B.is_true(same[i + 1]) else (
+                cs[i + 1] if B.is_false(same[i + 1]) else
+                Cell(*(B.ite(same[i + 1], x, y) for x, y in zip(after[i + 1] or cs[i + 1],
+                                                                 cs[i + 1]))))
+    out: list[Cell] = []
+    counter, cur, vneed = next_av, next_av, B.F
     for i, c in enumerate(cs):
         vneed = B.ite(same[i], vneed, need[i])  # the VMA's first cell knows for the whole VMA
-        cur = B.ite(same[i], cur, counter)
-        counter = B.ite(B.and_(B.not_(same[i]), vneed), counter + 1, counter)
+        nb, pb = after[i], out[i - 1] if i else None
+        use_next = _reusable(B, c, nb)
+        use_prev = _reusable(B, c, pb)
+        fresh = B.and_(B.not_(same[i]), vneed, B.not_(use_next), B.not_(use_prev))
+        chosen = B.ite(use_next, nb.av if nb else 0, B.ite(use_prev, pb.av if pb else 0, counter))
+        cur = B.ite(same[i], cur, chosen)
+        counter = B.ite(fresh, counter + 1, counter)
         out.append(c._replace(av=B.ite(B.and_(vneed, c.av == 0), cur, c.av)))
     return out, counter
+
+
+def _reusable(B: Any, c: Cell, other: Cell | None) -> Any:
+    """reusable_anon_vma(): an adjacent mapped VMA with an anon_vma and the same flags."""
+    if other is None:
+        return B.F
+    return B.and_(c.mapped, other.mapped, B.not_(other.av == 0), other.hg == c.hg,
+                  other.nh == c.nh, other.um == c.um, other.uw == c.uw)
 
 
 def uffd_register(B: Any, era: Era, st: State, a: Any, b: Any, missing: bool, wp: bool
