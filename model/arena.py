@@ -102,12 +102,13 @@ def remerge(B: Any, era: Any, cs: list[Cell], mod: list[Any]) -> list[Cell]:
     return [c._replace(av=final[i]) for i, c in enumerate(out)]
 
 
-def regroup(st: State, cs: list[Cell], thp: list[Any], ptable: list[Any]) -> State:
-    """Put a flat cell list back into st's block shape."""
+def regroup(B: Any, st: State, cs: list[Cell], thp: list[Any], ptable: list[Any]) -> State:
+    """Put a flat cell list back into st's block shape (a freed PTE table is no longer COW)."""
     blocks, i = [], 0
     for k, b in enumerate(st.blocks):
         m = len(b.cells)
-        blocks.append(b._replace(thp=thp[k], ptable=ptable[k], cells=tuple(cs[i:i + m])))
+        blocks.append(b._replace(thp=thp[k], ptable=ptable[k], cow=B.and_(b.cow, ptable[k]),
+                                 cells=tuple(cs[i:i + m])))
         i += m
     return st._replace(blocks=tuple(blocks))
 

@@ -221,7 +221,7 @@ def are_anon_vmas_compatible(B: Any, prev_av: Any, next_av: Any) -> Any:
 # --- collapse (mm/khugepaged.c) -----------------------------------------------------------------
 
 def collapse_pmd(B: Any, era: Era, khugepaged: bool, armed: Any, thp: Any, ptable: Any,
-                 any_pop: Any, all_pop: Any) -> tuple[Any, Any, Any]:
+                 cow: Any, any_pop: Any, all_pop: Any) -> tuple[Any, Any, Any]:
     """One aligned PMD inside an eligible VMA: (ok, abort, errno).  `ok`: it is or becomes a
     PMD-mapped THP; `abort`: MADV_COLLAPSE's loop stops here (madvise_collapse's result switch
     lists the results that let it go on); `errno`: madvise_collapse_errno() of the failure.
@@ -230,15 +230,17 @@ def collapse_pmd(B: Any, era: Era, khugepaged: bool, armed: Any, thp: Any, ptabl
     (success); no page table is SCAN_PMD_NONE (abort; khugepaged never collapses it); a none
     PTE in a userfaultfd_armed() VMA is SCAN_EXCEED_NONE_PTE (abort; 4.3 "userfaultfd: prevent
     khugepaged to merge if userfaultfd is armed": holes are missing data, not zeroes), EBUSY
-    from ~6.4 and EINVAL in 6.1; no writable PTE is SCAN_PAGE_RO (go on, EINVAL) before 6.18.
+    from ~6.4 and EINVAL in 6.1; no writable PTE (none present, or all still write-protected
+    by fork: `cow`) is SCAN_PAGE_RO (go on, EINVAL) before 6.18.
     khugepaged also needs none PTEs <= max_ptes_none (511 by default: one present page) and a
     young page (a freshly written one is); MADV_COLLAPSE ignores both.
     """
     none_err = -EBUSY if era.collapse_none_ebusy else -EINVAL
     holes_armed = B.and_(armed, B.not_(all_pop))
     abort = B.and_(B.not_(thp), B.or_(B.not_(ptable), holes_armed))
-    need_page = B.T if (khugepaged or era.collapse_needs_writable) else B.F
-    ok = B.or_(thp, B.and_(B.not_(abort), B.or_(any_pop, B.not_(need_page))))
+    page = any_pop if khugepaged else B.T  # max_ptes_none: one present page
+    writable = B.and_(any_pop, B.not_(cow)) if era.collapse_needs_writable else B.T
+    ok = B.or_(thp, B.and_(B.not_(abort), page, writable))
     err = B.ite(ok, 0, B.ite(B.and_(ptable, holes_armed), none_err, -EINVAL))
     return ok, abort, err
 

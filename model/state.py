@@ -45,6 +45,7 @@ class Block(NamedTuple):
 
     thp: Any  # PMD-maps an anonymous THP (AnonHugePages)
     ptable: Any  # has a PTE page table (so pmd_none() is false)
+    cow: Any  # every present PTE was write-protected by fork and none written since
     cells: tuple[Cell, ...]
 
 
@@ -64,7 +65,7 @@ class State(NamedTuple):
 
 def empty_state(blocks: int = 4, sysfs: int = 1) -> State:
     """A fresh process: nothing mapped in the arena, no prctl, default sysfs `madvise`."""
-    return State(tuple(Block(False, False, (hole(k * PMD_PAGES, (k + 1) * PMD_PAGES),))
+    return State(tuple(Block(False, False, False, (hole(k * PMD_PAGES, (k + 1) * PMD_PAGES),))
                        for k in range(blocks)), Mm(False, False, False, False), sysfs, 1)
 
 

@@ -71,7 +71,7 @@ def mmap(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
     cs = [Cell(*(B.ite(m, x, y) for x, y in zip(new._replace(start=c.start, end=c.end), c)))
           for c, m in zip(old, mod)]
     cs = arena.remerge(B, era, cs, mod)
-    st2 = arena.regroup(st, cs, thp, ptable)
+    st2 = arena.regroup(B, st, cs, thp, ptable)
     return 0, st2._replace(mm=st2.mm._replace(registered=_register(B, era, st2, cs, mod)))
 
 
@@ -82,7 +82,7 @@ def munmap(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
     mod = [_in(B, c, a, b) for c in old]
     cs = [Cell(*(B.ite(m, x, y) for x, y in zip(hole(c.start, c.end), c)))
           for c, m in zip(old, mod)]
-    return 0, arena.regroup(st, arena.remerge(B, era, cs, mod), thp, ptable)
+    return 0, arena.regroup(B, st, arena.remerge(B, era, cs, mod), thp, ptable)
 
 
 def madvise(B: Any, era: Era, st: State, a: Any, b: Any, advice: int) -> tuple[Any, State]:
@@ -115,7 +115,7 @@ def madvise(B: Any, era: Era, st: State, a: Any, b: Any, advice: int) -> tuple[A
     holes = B.or_(*(B.and_(_in(B, c, a, b), B.not_(c.mapped)) for c in old))
     ret = B.ite(stopped, _first_error(B, errs), B.ite(holes, -ENOMEM, 0))
     cs = arena.remerge(B, era, cs, mod)
-    st2 = arena.split_thps(B, arena.regroup(st, cs, [bl.thp for bl in st.blocks],
+    st2 = arena.split_thps(B, arena.regroup(B, st, cs, [bl.thp for bl in st.blocks],
                                             [bl.ptable for bl in st.blocks]))
     # khugepaged_enter_vma() for VM_HUGEPAGE: after a change, or on every MADV_HUGEPAGE
     entered = advised if era.hugepage_madvise_registers else mod
@@ -141,7 +141,7 @@ def madvise_collapse(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, 
         c0 = blk.cells[0]
         inside = B.and_(a <= c0.start, blk.cells[-1].end <= b, arena.in_one_vma(B, blk.cells))
         o, ab, e = rules.collapse_pmd(B, era, False, B.or_(c0.um, c0.uw), blk.thp, blk.ptable,
-                                      B.or_(*(c.pop for c in blk.cells)),
+                                      blk.cow, B.or_(*(c.pop for c in blk.cells)),
                                       B.and_(*(c.pop for c in blk.cells)))
         earlier_abort = B.or_(*(B.and_(tried[j], abort[j], vma_of[j] == vma_of[k])
                                 for j in range(k)))
@@ -172,6 +172,7 @@ def madvise_collapse(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, 
         done = B.and_(tried[k], ok[k], B.not_(before[first[k]]))
         blocks.append(blk._replace(
             thp=B.or_(blk.thp, done), ptable=B.and_(blk.ptable, B.not_(done)),
+            cow=B.and_(blk.cow, B.not_(done)),
             cells=tuple(c._replace(pop=B.or_(c.pop, done)) for c in blk.cells)))
     return ret, st._replace(blocks=tuple(blocks))
 
@@ -223,7 +224,12 @@ def touch(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
     # vmf_anon_prepare() runs before the uffd check: a SIGBUS write also gets an anon_vma
     wrote = [B.or_(eff[i], bus[i], thp_fault[blk_of[i]]) for i in range(len(old))]
     cs, next_av = _anon_vma_prepare(B, cs, wrote, st.next_av)
-    st2 = arena.regroup(st, cs, thp, ptable)._replace(next_av=next_av)
+    st2 = arena.regroup(B, st, cs, thp, ptable)._replace(next_av=next_av)
+    # a write makes its PTE writable (a new page, or wp_page_reuse of an exclusive COW page)
+    st2 = st2._replace(blocks=tuple(
+        blk._replace(cow=B.and_(blk.cow, *(B.not_(eff[i]) for i in
+                                          range(first[k], first[k] + len(blk.cells)))))
+        for k, blk in enumerate(st2.blocks)))
     fault_cells = [thp_fault[blk_of[i]] for i in range(len(old))]
     return ret, st2._replace(mm=st2.mm._replace(
         registered=_register(B, era, st2, cs, fault_cells)))
@@ -320,7 +326,8 @@ def _relayout(B: Any, era: Era, st: State, ret: Any, cs: list[Cell], mod: list[A
               ) -> tuple[Any, State]:
     cs = arena.remerge(B, era, cs, [B.and_(ok, m) for m in mod])
     cs = [Cell(*(B.ite(ok, x, y) for x, y in zip(n, o))) for n, o in zip(cs, cells(st))]
-    st2 = arena.regroup(st, cs, [bl.thp for bl in st.blocks], [bl.ptable for bl in st.blocks])
+    st2 = arena.regroup(B, st, cs, [bl.thp for bl in st.blocks],
+                        [bl.ptable for bl in st.blocks])
     return ret, arena.split_thps(B, st2)
 
 
@@ -357,7 +364,11 @@ def uffd_copy(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
     cs, next_av = _anon_vma_prepare(B, cs, at_dst, st.next_av)
     ptable = [B.or_(blk.ptable, *(copied[first[k] + j] for j in range(len(blk.cells))))
               for k, blk in enumerate(st.blocks)]
-    st2 = arena.regroup(st, cs, [bl.thp for bl in st.blocks], ptable)
+    st2 = arena.regroup(B, st, cs, [bl.thp for bl in st.blocks], ptable)
+    st2 = st2._replace(blocks=tuple(
+        blk._replace(cow=B.and_(blk.cow, *(B.not_(copied[first[k] + j])
+                                          for j in range(len(blk.cells)))))
+        for k, blk in enumerate(st2.blocks)))
     return ret, st2._replace(next_av=next_av)
 
 
@@ -374,12 +385,13 @@ def khugepaged(B: Any, era: Era, st: State) -> tuple[Any, State]:
         c0 = blk.cells[0]
         elig = arena.khugepaged_eligible(B, era, c0, views[first[k]], st.mm, st.sysfs)
         ok, _, _ = rules.collapse_pmd(B, era, True, B.or_(c0.um, c0.uw), blk.thp, blk.ptable,
-                                   B.or_(*(c.pop for c in blk.cells)),
+                                      blk.cow, B.or_(*(c.pop for c in blk.cells)),
                                    B.and_(*(c.pop for c in blk.cells)))
         done = B.and_(st.mm.registered, arena.in_one_vma(B, blk.cells), elig, ok,
                       B.not_(blk.thp))
         blocks.append(blk._replace(
             thp=B.or_(blk.thp, done), ptable=B.and_(blk.ptable, B.not_(done)),
+            cow=B.and_(blk.cow, B.not_(done)),
             cells=tuple(c._replace(pop=B.or_(c.pop, done)) for c in blk.cells)))
     return 0, st._replace(blocks=tuple(blocks))
 
@@ -398,7 +410,11 @@ def prctl_get(B: Any, era: Era, st: State, a2: Any, a3: Any, a4: Any, a5: Any
 def fork(B: Any, era: Era, st: State) -> tuple[State, State]:
     """fork(): (parent, child).  The child's VMAs keep their boundaries, flags and THPs
     (dup_mmap copies VMA by VMA without merging; copy_huge_pmd) but lose uffd flags; its mm
-    comes from rules.mm_init."""
+    comes from rules.mm_init.  Both sides' present PTEs become write-protected for COW
+    (copy_present_pte), and stay so in the parent until written."""
+    st = st._replace(blocks=tuple(
+        blk._replace(cow=B.or_(blk.cow, B.and_(blk.ptable, B.or_(*(c.pop for c in blk.cells)))))
+        for blk in st.blocks))
     child = st._replace(
         blocks=tuple(blk._replace(cells=tuple(
             c._replace(**rules.dup_userfaultfd(B, c.flags)._asdict()) for c in blk.cells))
@@ -410,7 +426,7 @@ def fork(B: Any, era: Era, st: State) -> tuple[State, State]:
 def execve(B: Any, era: Era, st: State) -> State:
     """execve(): a new mm (rules.mm_init) with nothing mapped in the arena (the cells keep
     their bounds, so a symbolic state keeps its shape)."""
-    blocks = tuple(Block(B.F, B.F, tuple(hole(c.start, c.end) for c in blk.cells))
+    blocks = tuple(Block(B.F, B.F, B.F, tuple(hole(c.start, c.end) for c in blk.cells))
                    for blk in st.blocks)
     return st._replace(blocks=blocks, mm=rules.mm_init(B, era, st.mm, fork=False))
 def transition(B: Any, era: Era, st: State, sc: Syscall, args: tuple[Any, ...]

@@ -43,7 +43,8 @@ def state(shp: tuple[int, ...], name: str = "s") -> State:
                 z3.Bool(p + f) for f in ("mapped", "brk", "hg", "nh", "um", "uw")),
                 z3.Int(p + "av"), z3.Bool(p + "pop")))
         p = f"{name}{n}_b{k}_"
-        blocks.append(Block(z3.Bool(p + "thp"), z3.Bool(p + "ptable"), tuple(cs)))
+        blocks.append(Block(z3.Bool(p + "thp"), z3.Bool(p + "ptable"), z3.Bool(p + "cow"),
+                            tuple(cs)))
     p = f"{name}{n}_"
     mm = Mm(*(z3.Bool(p + f) for f in Mm._fields))
     return State(tuple(blocks), mm, z3.Int(p + "sysfs"), z3.Int(p + "next_av"))
@@ -64,6 +65,7 @@ def wellformed(st: State) -> Any:
         c += [z3.Implies(x.pop, z3.Or(blk.ptable, blk.thp)) for x in blk.cells]
         # a page table stays only while some VMA is in the PMD
         c += [z3.Implies(blk.ptable, z3.Or(*(x.mapped for x in blk.cells)))]
+        c += [z3.Implies(blk.cow, blk.ptable)]
     for i, x in enumerate(cs):
         c += [x.start < x.end, x.av >= 0, x.av < st.next_av]
         c += [z3.Implies(z3.Not(x.mapped), z3.And(
@@ -86,7 +88,7 @@ def values(st: State) -> dict[str, Any]:
     """Field name -> value, flattened (for substitution and comparison)."""
     out: dict[str, Any] = {}
     for k, blk in enumerate(st.blocks):
-        out[f"b{k}.thp"], out[f"b{k}.ptable"] = blk.thp, blk.ptable
+        out[f"b{k}.thp"], out[f"b{k}.ptable"], out[f"b{k}.cow"] = blk.thp, blk.ptable, blk.cow
         for j, c in enumerate(blk.cells):
             for f in Cell._fields:
                 out[f"b{k}c{j}.{f}"] = getattr(c, f)

@@ -321,7 +321,8 @@ def test_fault_huge_pmd(era, flags, pmd_none, in_vma, sysfs, want):
 # --- collapse of one PMD (kf §1.3-1.5, §11) ---------------------------------------------------
 # (ok, abort, errno).  MADV_COLLAPSE: PMD-mapped -> success; pmd_none -> SCAN_PMD_NONE (abort,
 # EINVAL); uffd-armed with holes -> SCAN_EXCEED_NONE_PTE (abort; EBUSY >= 6.4, EINVAL in 6.1);
-# no writable PTE -> SCAN_PAGE_RO (continue, EINVAL) before 6.18, gone in 6.18.
+# no writable PTE -> SCAN_PAGE_RO (continue, EINVAL) before 6.18, gone in 6.18.  The last row's
+# PTEs are present but write-protected by fork (cow; found in the 6.1/6.12 test VMs).
 COLLAPSE_ROWS = [
     # armed, thp, ptable, any_pop, all_pop -> {era: (ok, abort, err)}
     ((F, T, F, T, T), {"6.1": (T, F, 0), "6.12": (T, F, 0), "6.18": (T, F, 0)}),
@@ -334,6 +335,7 @@ COLLAPSE_ROWS = [
     ((F, F, T, T, F), {"6.1": (T, F, 0), "6.12": (T, F, 0), "6.18": (T, F, 0)}),
     ((F, F, T, T, T), {"6.1": (T, F, 0), "6.12": (T, F, 0), "6.18": (T, F, 0)}),
     ((F, F, T, F, F), {"6.1": (F, F, EINVAL), "6.12": (F, F, EINVAL), "6.18": (T, F, 0)}),
+    ((F, F, T, T, T, T), {"6.1": (F, F, EINVAL), "6.12": (F, F, EINVAL), "6.18": (T, F, 0)}),
 ]
 ERA_BY = {"6.1": E61, "6.12": E612, "6.18": E618}
 
@@ -341,9 +343,9 @@ ERA_BY = {"6.1": E61, "6.12": E612, "6.18": E618}
 @pytest.mark.parametrize("ver", ["6.1", "6.12", "6.18"])
 @pytest.mark.parametrize("inputs, want", COLLAPSE_ROWS)
 def test_collapse_pmd_madv_collapse(ver, inputs, want):
-    armed, thp, ptable, any_pop, all_pop = inputs
-    ok, abort, err = rules.collapse_pmd(PY, ERA_BY[ver], False, armed, thp, ptable, any_pop,
-                                        all_pop)
+    armed, thp, ptable, any_pop, all_pop, *cow = inputs
+    ok, abort, err = rules.collapse_pmd(PY, ERA_BY[ver], False, armed, thp, ptable,
+                                        bool(cow and cow[0]), any_pop, all_pop)
     assert (bool(ok), bool(abort), err) == want[ver]
 
 
@@ -359,7 +361,15 @@ def test_collapse_pmd_madv_collapse(ver, inputs, want):
     (T, F, T, T, T, T),
 ])
 def test_collapse_pmd_khugepaged(ver, armed, thp, ptable, any_pop, all_pop, ok):
-    got, _, _ = rules.collapse_pmd(PY, ERA_BY[ver], True, armed, thp, ptable, any_pop, all_pop)
+    got, _, _ = rules.collapse_pmd(PY, ERA_BY[ver], True, armed, thp, ptable, F, any_pop,
+                                   all_pop)
+    assert bool(got) is ok
+
+
+# fork write-protects the PTEs: khugepaged needs a writable one before 6.18 (SCAN_PAGE_RO).
+@pytest.mark.parametrize("ver, ok", [("6.12", F), ("6.18", T)])
+def test_collapse_pmd_khugepaged_after_fork(ver, ok):
+    got, _, _ = rules.collapse_pmd(PY, ERA_BY[ver], True, F, F, T, T, T, T)
     assert bool(got) is ok
 
 
