@@ -197,6 +197,7 @@ static const struct {
 	{ENOSYS, "ENOSYS"},   {ELOOP, "ELOOP"},     {EOVERFLOW, "EOVERFLOW"},
 	{EOPNOTSUPP, "EOPNOTSUPP"},                 {ECANCELED, "ECANCELED"},
 	{EHWPOISON, "EHWPOISON"},                   {ENODATA, "ENODATA"},
+	{ETIMEDOUT, "ETIMEDOUT"},
 	{524, "ENOTSUPP"}, /* kernel-internal, leaks from some paths */
 };
 
@@ -972,6 +973,53 @@ static int do_execve(size_t idx)
 	return -errno;
 }
 
+/* ---- khugepaged: wait for two full scans ----------------------------------------------------- */
+#define FULL_SCANS "/sys/kernel/mm/transparent_hugepage/khugepaged/full_scans"
+
+static long read_full_scans(void)
+{
+	char buf[32];
+	int fd = open(FULL_SCANS, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	return strtol(buf, NULL, 10);
+}
+
+static void sleep_ms(uint64_t ms)
+{
+	struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+}
+
+/*
+ * Two increments of full_scans mean khugepaged went over every registered mm, ours included,
+ * at least once after this step began (the selftest's wait_for_scan does the same).  0 when
+ * seen within ms (0: 20 s, the model's `khugepaged` means a scan happened), -ETIMEDOUT when
+ * not; without the counter, just sleep ms.
+ */
+static int do_khugepaged(uint64_t ms)
+{
+	long start = read_full_scans();
+	if (!ms)
+		ms = 20000;
+	if (start < 0) {
+		sleep_ms(ms);
+		return 0;
+	}
+	for (uint64_t waited = 0; waited < ms; waited += 5) {
+		sleep_ms(5);
+		if (read_full_scans() >= start + 2)
+			return 0;
+	}
+	return -ETIMEDOUT;
+}
+
 /* ---- the loop ------------------------------------------------------------------------------- */
 static void run_step(size_t idx)
 {
@@ -1045,13 +1093,9 @@ static void run_step(size_t idx)
 		}
 		break;
 	}
-	case OP_KHUGEPAGED: {
-		struct timespec ts = {(time_t)(s->ms / 1000), (long)(s->ms % 1000) * 1000000L};
-		while (nanosleep(&ts, &ts) && errno == EINTR)
-			;
-		r = 0;
+	case OP_KHUGEPAGED:
+		r = do_khugepaged(s->ms);
 		break;
-	}
 	}
 	if (!ret) {
 		if (r < 0)

@@ -5,12 +5,15 @@ pages at block edges) so that splits, merges and THP fits happen often.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hypothesis import strategies as st
 
 from vmaflags.model.syscalls import (MADV_CLR_HUGEPAGE, MADV_COLLAPSE, MADV_HUGEPAGE,
-                                     MADV_NOHUGEPAGE, PAGE, PMD, Execve, Fork, Madvise, Mmap,
-                                     Munmap, PrctlGet, PrctlSet, Script, Touch, UffdClose,
-                                     UffdCopy, UffdRegister, UffdUnregister)
+                                     MADV_NOHUGEPAGE, PAGE, PMD, Execve, Fork, Khugepaged,
+                                     Madvise, Mmap, Munmap, PrctlGet, PrctlSet, Script, Step,
+                                     Sysfs, Touch, UffdClose, UffdCopy, UffdRegister,
+                                     UffdUnregister)
 
 _PIECES = (PAGE, 2 * PAGE, PMD // 2, PMD - PAGE)
 
@@ -58,3 +61,92 @@ def scripts(blocks: int = 2, max_steps: int = 12, exec_fork: bool = True
             ) -> st.SearchStrategy[Script]:
     return st.lists(steps(blocks, exec_fork=exec_fork), min_size=1, max_size=max_steps).map(
         lambda xs: Script(tuple(xs), blocks))
+
+
+# --- a byte-coded alphabet for fast random conformance ----------------------------------------
+#
+# Hypothesis spends ~100 us on every draw, as much as the kernel spends on a step, so the random
+# conformance run draws a whole script as one `binary` value and decodes it: a kind byte (0 is
+# "no step"), then, for ranged kinds, a range byte indexing `range_table`.  Both tables run from
+# simple to unusual, so shrinking (which deletes bytes and lowers them towards 0) still ends at
+# a short script of simple steps.
+
+def range_table(blocks: int) -> tuple[tuple[int, int], ...]:
+    """(offset, length) pairs that exercise PMD edges, partial blocks and argument checks."""
+    n, P, H = blocks, PAGE, PMD // 2
+    last = (n - 1) * PMD
+    raw = [(0, n * PMD), (0, PMD), (last, PMD), (0, H), (H, PMD), (0, P), (PMD - P, 2 * P),
+           (H, P), (n * PMD - P, P), (P, PMD), (P, n * PMD - 2 * P), (min(PMD, last), PMD),
+           (H, H), (last + H, H), (0, last + H), (100, P), (0, 0), (P, 1000)]
+    out: list[tuple[int, int]] = []
+    for off, ln in raw:
+        ln = min(ln, n * PMD - off)
+        if (off, ln) not in out:
+            out.append((off, ln))
+    return tuple(out)
+
+
+def _few(make: Callable[[int, int], Step]) -> Callable[[int, int], Step]:
+    """The step on the first two pages of the range: populating a few pages is as telling as
+    populating 512 for most rules, and 256 times cheaper on the kernel."""
+    return lambda o, n: make(o, min(n, 2 * PAGE))
+
+
+_KINDS = (  # (step, or a constructor taking a range; weight), in shrink order
+    (Mmap, 3), (_few(Touch), 2.4), (lambda o, n: Madvise(o, n, MADV_HUGEPAGE), 2),
+    (lambda o, n: Madvise(o, n, MADV_NOHUGEPAGE), 1.5),
+    (lambda o, n: Madvise(o, n, MADV_COLLAPSE), 2), (Touch, 0.8), (Munmap, 1),
+    (lambda o, n: UffdRegister(o, n, True, False), 1.5), (_few(UffdCopy), 0.8), (UffdCopy, 0.3),
+    (UffdUnregister, 0.7), (PrctlSet(1), 0.7), (PrctlSet(0), 0.7), (PrctlSet(1, 2), 0.7),
+    (Fork(), 0.7), (PrctlGet(), 0.3), (UffdClose(), 0.5), (Execve(), 0.25),
+    (lambda o, n: Madvise(o, n, MADV_CLR_HUGEPAGE), 0.3),
+    (lambda o, n: UffdRegister(o, n, False, True), 0.4),
+    (lambda o, n: UffdRegister(o, n, True, True), 0.4),
+    (PrctlSet(0, 2), 0.1), (PrctlSet(1, 1), 0.1), (PrctlSet(1, 3), 0.1),
+    (PrctlSet(1, 2, 1), 0.1), (PrctlSet(1, 0, 0, 1), 0.1), (PrctlSet(2), 0.1),
+    (PrctlGet(1), 0.1), (PrctlGet(0, 0, 0, 1), 0.1),
+)
+
+
+# Steps that act on the whole machine: only for scripts run one at a time under the sysfs guard.
+_MACHINE = ((Sysfs(0), 0.4), (Sysfs(1), 0.4), (Sysfs(2), 0.3), (Khugepaged(2000), 0.6))
+
+
+def kind_table(exec_fork: bool = True, machine: bool = False) -> tuple:
+    """256 entries: None for byte 0, then each kind repeated in proportion to its weight."""
+    kinds = [(k, w) for k, w in _KINDS if exec_fork or not isinstance(k, (Fork, Execve))]
+    kinds += list(_MACHINE) if machine else []
+    total = sum(w for _, w in kinds)
+    table: list = [None]
+    for k, w in kinds:
+        table += [k] * max(1, round(w / total * 255))
+    table += [kinds[0][0]] * (256 - len(table))
+    return tuple(table[:256])
+
+
+def decode(kinds: tuple, blocks: int, data: bytes) -> Script:
+    """The script a byte string stands for (every byte string decodes)."""
+    rt = range_table(blocks)
+    steps, i = [], 0
+    while i < len(data):
+        k = kinds[data[i]]
+        i += 1
+        if k is None:
+            continue
+        if isinstance(k, Step):
+            steps.append(k)
+            continue
+        off, ln = rt[(data[i] if i < len(data) else 0) % len(rt)]
+        i += 1
+        steps.append(k(off, ln))
+    return Script(tuple(steps), blocks)
+
+
+def coded_scripts(blocks: int = 2, min_bytes: int = 32, max_bytes: int = 160,
+                  exec_fork: bool = True, machine: bool = False) -> st.SearchStrategy[Script]:
+    """About 36 steps on average (a step costs 1-2 bytes): long scripts spread the cost of
+    drawing an example and starting an executor over more transitions.  `machine` adds
+    `sysfs` and `khugepaged` steps."""
+    kinds = kind_table(exec_fork, machine)
+    return st.binary(min_size=min_bytes, max_size=max_bytes).map(
+        lambda b: decode(kinds, blocks, b))

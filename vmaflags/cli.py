@@ -79,7 +79,8 @@ def prove(theorem: Optional[List[str]] = typer.Option(None, "--theorem", help="t
 def conform(era: Optional[str] = typer.Option(None, help="era id (default: identify it)"),
             identify: bool = typer.Option(False, "--identify", help="only identify the era"),
             scenario: Optional[List[str]] = typer.Option(None, "--scenario", help="scenario name"),
-            examples: int = typer.Option(200, help="random sequences to run"),
+            examples: Optional[int] = typer.Option(
+                None, help="random sequences to run (default 2000; 0 with --scenario)"),
             seed: Optional[int] = typer.Option(None, help="seed for the random sequences"),
             json_out: bool = typer.Option(False, "--json", help="JSON on stdout"),
             ktap: bool = typer.Option(False, "--ktap", help="KTAP on stdout")) -> None:

@@ -1,0 +1,1 @@
+"""Conformance inside qemu test VMs booting Debian kernels (see README.md)."""
