@@ -17,7 +17,7 @@ from vmaflags.model import step as S
 from vmaflags.model import symbolic
 from vmaflags.model.backend import Z3
 from vmaflags.model.eras import Era
-from vmaflags.model.state import Block, Cell, Mm, State, cells
+from vmaflags.model.state import Block, Cell, Mm, State, cells, hole
 from vmaflags.model.syscalls import (PAGE, PMD_PAGES, Execve, Fork, Madvise, Mmap, Munmap,
                                      PrctlGet, PrctlSet, Syscall, Sysfs, Touch, UffdClose,
                                      UffdCopy, UffdRegister, UffdUnregister)
@@ -41,8 +41,7 @@ def empty(shp: tuple[int, ...], sysfs: Any = None) -> tuple[State, Any]:
     """A fresh process (nothing mapped, no prctl) whose cells have symbolic bounds; the
     constraint says the bounds are well formed.  sysfs is symbolic unless given."""
     st = symbolic.state(shp, "e")
-    blank = tuple(Block(Z3.F, Z3.F, tuple(Cell(c.start, c.end, Z3.F, Z3.F, Z3.F, Z3.F, Z3.F,
-                                              Z3.F, 0, Z3.F) for c in blk.cells))
+    blank = tuple(Block(Z3.F, Z3.F, Z3.F, tuple(hole(c.start, c.end) for c in blk.cells))
                   for blk in st.blocks)
     mode = st.sysfs if sysfs is None else sysfs
     st0 = State(blank, Mm(Z3.F, Z3.F, Z3.F, Z3.F), mode, 1)

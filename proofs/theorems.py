@@ -22,7 +22,7 @@ from vmaflags.model import step as S
 from vmaflags.model import symbolic
 from vmaflags.model.backend import Z3
 from vmaflags.model.eras import Era
-from vmaflags.model.state import Cell, Flags, Mm, State, cells
+from vmaflags.model.state import Flags, Mm, State, cells, hole
 from vmaflags.model.syscalls import (MADV_CLR_HUGEPAGE, MADV_COLLAPSE, PMD_PAGES, Execve, Fork,
                                      Khugepaged, Madvise, Mmap, PrctlSet, Syscall)
 
@@ -269,8 +269,8 @@ def _dump(era: Era, shp: tuple[int, ...]) -> tuple[State, Any]:
 def _restore(era: Era, protocol: str, shp: tuple[int, ...]) -> tuple[State, Any, E.Run]:
     """The protocol's symbolic run over a symbolic dump (shared by the two CRIU theorems)."""
     dump, dump_ok = _dump(era, shp)
-    st0 = State(tuple(blk._replace(thp=Z3.F, ptable=Z3.F, cells=tuple(
-        Cell(c.start, c.end, Z3.F, Z3.F, Z3.F, Z3.F, Z3.F, Z3.F, 0, Z3.F) for c in blk.cells))
+    st0 = State(tuple(blk._replace(thp=Z3.F, ptable=Z3.F, cow=Z3.F, cells=tuple(
+        hole(c.start, c.end) for c in blk.cells))
         for blk in dump.blocks), Mm(Z3.F, Z3.F, Z3.F, Z3.F), dump.sysfs, 1)
     run = E.Run(era, [st0])
     PROTOCOLS[protocol](Restore(run, dump))

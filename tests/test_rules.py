@@ -13,7 +13,7 @@ import pytest
 
 from vmaflags.model import ERAS, rules
 from vmaflags.model.backend import PY
-from vmaflags.model.state import Flags, Mm, empty_state
+from vmaflags.model.state import Flags, empty_state
 from vmaflags.model.syscalls import (MADV_CLR_HUGEPAGE, MADV_COLLAPSE, MADV_HUGEPAGE,
                                      MADV_NOHUGEPAGE)
 
