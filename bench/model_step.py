@@ -33,6 +33,8 @@ def main(rounds: int = 2000) -> None:
         for sc in parse_script(SETUP).steps:
             st = concrete.run_syscall(era, st, sc).state
         loop = parse_script("\n".join(LOOP)).steps
+        for sc in loop * 20:  # warm up the interpreter and the rule memos
+            observe(era, concrete.run_syscall.__wrapped__(era, st, sc).state, 0)
         samples = []
         for i in range(rounds):
             sc = loop[i % len(loop)]
