@@ -20,7 +20,7 @@ import z3
 from vmaflags.model import arena, rules
 from vmaflags.model import step as S
 from vmaflags.model import symbolic
-from vmaflags.model.backend import Z3
+from vmaflags.model.backend import PY, Z3
 from vmaflags.model.eras import Era
 from vmaflags.model.state import Flags, Mm, State, cells, hole
 from vmaflags.model.syscalls import (MADV_CLR_HUGEPAGE, MADV_COLLAPSE, PMD_PAGES, Execve, Fork,
@@ -67,15 +67,13 @@ def _sane(st: State) -> Any:
 
 
 def _era_mm(era: Era, mm: Mm) -> Any:
-    """The prctl state an mm can be in, in this era."""
-    c = [z3.Not(z3.And(mm.disable, mm.except_adv))]
-    if not era.def_flags:
-        c.append(z3.Not(mm.def_nh))
-    if not era.except_advised:
-        c.append(z3.Not(mm.except_adv))
-    if era.def_flags:
-        c.append(z3.Not(mm.disable))
-    return z3.And(*c)
+    """The prctl state an mm can be in, in this era: one that PR_SET_THP_DISABLE (as the model
+    has it) leads to from a fresh mm, for some arguments.  The registration bit is free."""
+    fresh = Mm(False, False, False, False)
+    reachable = {rules.prctl_set_thp_disable(PY, era, fresh, a2, a3, 0, 0)[1]
+                 for a2 in (0, 1) for a3 in (0, 1, 2)}
+    return z3.Or(*(z3.And(mm.def_nh == r.def_nh, mm.disable == r.disable,
+                          mm.except_adv == r.except_adv) for r in reachable))
 
 
 def _state(shp: tuple[int, ...], era: Era) -> tuple[State, Any]:
