@@ -5,10 +5,12 @@
  * arena's VMAs as /proc/self/smaps shows them.
  *
  *   executor SCRIPT        (a path, or - for standard input)
+ *   executor --serve       (many scripts on standard input, each in a fresh child: see serve())
  *   executor --version
  *
  * Static, libc + uapi headers only; runs on 3.15 .. 6.18 kernels (missing features degrade to
- * "-" or to the syscall's -ENAME).  Build: cc -static -O2 -Wall -Wextra -Werror [-DCLR_HUGEPAGE=N]
+ * "-" or to the syscall's -ENAME).
+ * Build: cc -static-pie -O2 -Wall -Wextra -Werror [-DCLR_HUGEPAGE=N]
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -26,6 +28,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -512,61 +515,67 @@ static const char *script_arg; /* path given on the command line ("-" = stdin) *
 static const char *argv0;
 static int uffd = -1;
 static int uffd_sigbus; /* the open uffd has UFFD_FEATURE_SIGBUS */
-static char *pattern;
+static char *pattern; /* the UFFDIO_COPY source: pattern_fd mapped read-only */
 static size_t pattern_len;
+static int pattern_fd = -1;
 static int script_fd = -1; /* memfd holding a stdin script, for execve */
 
-/* /proc files kept open between steps (pread from 0 re-generates a seq_file) */
+/*
+ * /proc files kept open between steps and read line by line.  A seq_file formats its records
+ * as they are read, a few KiB per read(), so a reader that stops early spares the kernel the
+ * rest: smaps lists VMAs in address order, and the arena lies below everything else of this
+ * static-pie process, so one observation formats little more than the arena's own records.
+ */
 struct procfile {
 	const char *path;
 	int fd;
+	size_t n, p; /* bytes in buf, start of the next line */
+	int eof;
+	char buf[1 << 16];
 };
-static struct procfile smaps_pf = {"/proc/self/smaps", -1};
-static struct procfile status_pf = {"/proc/self/status", -1};
+static struct procfile smaps_pf = {"/proc/self/smaps", -1, 0, 0, 0, {0}};
+static struct procfile status_pf = {"/proc/self/status", -1, 0, 0, 0, {0}};
 
-static char static_rbuf[1 << 20];
-static char *rbuf = static_rbuf;
-static size_t rbuf_cap = sizeof(static_rbuf);
-
-/* Read a whole /proc file into rbuf; returns its length or -1. */
-static ssize_t proc_read(struct procfile *pf)
+/* Start reading pf from its beginning; -1 if it cannot be opened. */
+static int proc_rewind(struct procfile *pf)
 {
-	for (int attempt = 0; attempt < 2; attempt++) {
-		if (pf->fd < 0) {
-			pf->fd = open(pf->path, O_RDONLY | O_CLOEXEC);
-			if (pf->fd < 0)
-				return -1;
-		} else if (lseek(pf->fd, 0, SEEK_SET) < 0) {
-			close(pf->fd);
-			pf->fd = -1;
+	pf->n = pf->p = 0;
+	pf->eof = 0;
+	if (pf->fd >= 0 && lseek(pf->fd, 0, SEEK_SET) == 0)
+		return 0;
+	if (pf->fd >= 0)
+		close(pf->fd);
+	pf->fd = open(pf->path, O_RDONLY | O_CLOEXEC);
+	return pf->fd < 0 ? -1 : 0;
+}
+
+/* The next line as [*s, *e) without its newline: 1, or 0 at the end, or -1 on a read error.
+ * The line stays valid until the next call. */
+static int proc_line(struct procfile *pf, const char **s, const char **e)
+{
+	for (;;) {
+		char *nl = memchr(pf->buf + pf->p, '\n', pf->n - pf->p);
+		if (nl || (pf->eof && pf->p < pf->n)) {
+			*s = pf->buf + pf->p;
+			*e = nl ? nl : pf->buf + pf->n;
+			pf->p = *e - pf->buf + (nl != NULL);
+			return 1;
+		}
+		if (pf->eof)
+			return 0;
+		memmove(pf->buf, pf->buf + pf->p, pf->n - pf->p);
+		pf->n -= pf->p;
+		pf->p = 0;
+		if (pf->n == sizeof(pf->buf))
+			return -1; /* a line longer than the buffer: not a file we know */
+		ssize_t r = read(pf->fd, pf->buf + pf->n, sizeof(pf->buf) - pf->n);
+		if (r < 0 && errno == EINTR)
 			continue;
-		}
-		size_t n = 0;
-		for (;;) {
-			if (n == rbuf_cap) {
-				size_t cap = rbuf_cap * 2;
-				char *p = rbuf == static_rbuf ? malloc(cap) : realloc(rbuf, cap);
-				if (!p)
-					return -1;
-				if (rbuf == static_rbuf)
-					memcpy(p, static_rbuf, n);
-				rbuf = p;
-				rbuf_cap = cap;
-			}
-			ssize_t r = read(pf->fd, rbuf + n, rbuf_cap - n);
-			if (r < 0) {
-				if (errno == EINTR)
-					continue;
-				break;
-			}
-			if (r == 0)
-				return n;
-			n += r;
-		}
-		close(pf->fd); /* a read error: retry once on a fresh fd */
-		pf->fd = -1;
+		if (r < 0)
+			return -1;
+		pf->eof = r == 0;
+		pf->n += r;
 	}
-	return -1;
 }
 
 static void proc_forget(void) /* after fork: the open files describe the parent */
@@ -602,11 +611,24 @@ static int key_is(const char *p, const char *e, const char *key, size_t klen)
 	return (size_t)(e - p) >= klen && !memcmp(p, key, klen);
 }
 
+/* A field's first token, copied out of the line buffer (empty: the kernel did not print it). */
+struct token {
+	char s[24];
+};
+
+static void token_set(struct token *t, const char *p, const char *e)
+{
+	const char *ts, *te;
+	first_token(p, e, &ts, &te);
+	size_t n = (size_t)(te - ts) < sizeof(t->s) - 1 ? (size_t)(te - ts) : sizeof(t->s) - 1;
+	memcpy(t->s, ts, n);
+	t->s[n] = 0;
+}
+
 struct vma_rec {
 	uint64_t start, end;
 	unsigned flags; /* 1 hg, 2 nh, 4 um, 8 uw */
-	const char *elig, *elig_end;
-	const char *ahp, *ahp_end;
+	struct token elig, ahp;
 };
 
 static void emit_vma(struct sbuf *o, const struct vma_rec *v, int *first)
@@ -631,78 +653,69 @@ static void emit_vma(struct sbuf *o, const struct vma_rec *v, int *first)
 			}
 	}
 	sb_chr(o, ':');
-	if (v->elig && v->elig_end > v->elig)
-		sb_mem(o, v->elig, v->elig_end - v->elig);
-	else
-		sb_chr(o, '-');
+	sb_str(o, v->elig.s[0] ? v->elig.s : "-");
 	sb_chr(o, ':');
-	if (v->ahp && v->ahp_end > v->ahp)
-		sb_mem(o, v->ahp, v->ahp_end - v->ahp);
-	else
-		sb_chr(o, '-');
+	sb_str(o, v->ahp.s[0] ? v->ahp.s : "-");
 }
 
-/* Append the arena's VMAs (those that intersect [base, base+arena_len)) from smaps. */
+/* Append the arena's VMAs (those that intersect [base, base+arena_len)) from smaps; stop at
+ * the first VMA that starts at or after the arena's end. */
 static void observe_vmas(struct sbuf *o)
 {
-	ssize_t n = proc_read(&smaps_pf);
-	if (n < 0) {
-		sb_chr(o, '?');
-		return;
-	}
-	const char *p = rbuf, *end = rbuf + n;
 	const uint64_t lo = base, hi = base + arena_len;
 	struct vma_rec v;
-	int in = 0, first = 1;
-	while (p < end) {
-		const char *e = memchr(p, '\n', end - p);
-		if (!e)
-			e = end;
-		char c = *p;
-		if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')) {
-			/* a VMA header: "start-end perms offset dev inode [path]" */
-			if (in)
-				emit_vma(o, &v, &first);
-			uint64_t s = 0, t = 0;
-			const char *q = p;
-			int d;
-			while (q < e && (d = hexval(*q)) >= 0)
-				s = s * 16 + d, q++;
-			if (q < e && *q == '-')
-				q++;
-			while (q < e && (d = hexval(*q)) >= 0)
-				t = t * 16 + d, q++;
-			in = s < hi && t > lo;
-			if (in) {
-				memset(&v, 0, sizeof(v));
-				v.start = s;
-				v.end = t;
-			}
-		} else if (in) {
-			const char *ts, *te;
-			if (c == 'V' && key_is(p, e, "VmFlags:", 8)) {
-				const char *q = p + 8;
-				for (;;) {
-					first_token(q, e, &ts, &te);
-					if (ts == te)
-						break;
-					if (te - ts == 2) {
-						if (ts[0] == 'h' && ts[1] == 'g') v.flags |= 1;
-						else if (ts[0] == 'n' && ts[1] == 'h') v.flags |= 2;
-						else if (ts[0] == 'u' && ts[1] == 'm') v.flags |= 4;
-						else if (ts[0] == 'u' && ts[1] == 'w') v.flags |= 8;
-					}
-					q = te;
+	int in = 0, first = 1, r = -1;
+	const char *p, *e;
+	if (proc_rewind(&smaps_pf) == 0) {
+		while ((r = proc_line(&smaps_pf, &p, &e)) > 0) {
+			char c = *p;
+			if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')) {
+				/* a VMA header: "start-end perms offset dev inode [path]" */
+				if (in)
+					emit_vma(o, &v, &first);
+				uint64_t s = 0, t = 0;
+				const char *q = p;
+				int d;
+				while (q < e && (d = hexval(*q)) >= 0)
+					s = s * 16 + d, q++;
+				if (q < e && *q == '-')
+					q++;
+				while (q < e && (d = hexval(*q)) >= 0)
+					t = t * 16 + d, q++;
+				in = s < hi && t > lo;
+				if (s >= hi)
+					break;
+				if (in) {
+					memset(&v, 0, sizeof(v));
+					v.start = s;
+					v.end = t;
 				}
-			} else if (c == 'T' && key_is(p, e, "THPeligible:", 12)) {
-				first_token(p + 12, e, &ts, &te);
-				v.elig = ts, v.elig_end = te;
-			} else if (c == 'A' && key_is(p, e, "AnonHugePages:", 14)) {
-				first_token(p + 14, e, &ts, &te);
-				v.ahp = ts, v.ahp_end = te;
+			} else if (in) {
+				if (c == 'V' && key_is(p, e, "VmFlags:", 8)) {
+					const char *q = p + 8, *ts, *te;
+					for (;;) {
+						first_token(q, e, &ts, &te);
+						if (ts == te)
+							break;
+						if (te - ts == 2) {
+							if (ts[0] == 'h' && ts[1] == 'g') v.flags |= 1;
+							else if (ts[0] == 'n' && ts[1] == 'h') v.flags |= 2;
+							else if (ts[0] == 'u' && ts[1] == 'm') v.flags |= 4;
+							else if (ts[0] == 'u' && ts[1] == 'w') v.flags |= 8;
+						}
+						q = te;
+					}
+				} else if (c == 'T' && key_is(p, e, "THPeligible:", 12)) {
+					token_set(&v.elig, p + 12, e);
+				} else if (c == 'A' && key_is(p, e, "AnonHugePages:", 14)) {
+					token_set(&v.ahp, p + 14, e);
+				}
 			}
 		}
-		p = e + 1;
+	}
+	if (r < 0) {
+		sb_chr(o, '?');
+		return;
 	}
 	if (in)
 		emit_vma(o, &v, &first);
@@ -710,17 +723,17 @@ static void observe_vmas(struct sbuf *o)
 
 static void observe_thp_enabled(struct sbuf *o)
 {
-	ssize_t n = proc_read(&status_pf);
-	if (n > 0) {
-		const char *end = rbuf + n;
-		const char *p = memmem(rbuf, n, "\nTHP_enabled:", 13);
-		if (p) {
-			const char *e = memchr(p + 1, '\n', end - p - 1);
-			const char *ts, *te;
-			first_token(p + 13, e ? e : end, &ts, &te);
-			if (te > ts) {
-				sb_mem(o, ts, te - ts);
-				return;
+	const char *p, *e;
+	if (proc_rewind(&status_pf) == 0) {
+		while (proc_line(&status_pf, &p, &e) > 0) {
+			if (*p == 'T' && key_is(p, e, "THP_enabled:", 12)) {
+				const char *ts, *te;
+				first_token(p + 12, e, &ts, &te);
+				if (te > ts) {
+					sb_mem(o, ts, te - ts);
+					return;
+				}
+				break;
 			}
 		}
 	}
@@ -877,6 +890,59 @@ static int uffd_open(void)
 	return 0;
 }
 
+/*
+ * The UFFDIO_COPY source: page i holds 0x5a ^ i (never a zero page).  It lives in a memfd that
+ * a --serve process creates once and its children share, and is mapped read-only: a fault
+ * maps page-cache pages (16 at a time) instead of allocating, zeroing and filling anonymous
+ * ones, and a shmem mapping (shmem_enabled=never) cannot register the mm with khugepaged as a
+ * large anonymous one would under `always`.  memfd_create (3.17) predates userfaultfd (4.3).
+ */
+static int pattern_open(void)
+{
+	if (pattern_fd < 0) {
+#ifdef __NR_memfd_create
+		pattern_fd = syscall(__NR_memfd_create, "vmaflags-pattern", 1 /* MFD_CLOEXEC */);
+#endif
+		if (pattern_fd < 0)
+			return -errno;
+	}
+	return 0;
+}
+
+static int pattern_map(size_t need)
+{
+	if (need <= pattern_len)
+		return 0;
+	int e = pattern_open();
+	if (e)
+		return e;
+	struct stat st;
+	if (fstat(pattern_fd, &st))
+		return -errno;
+	static char chunk[1 << 16];
+	for (size_t off = st.st_size; off < need;) { /* the file only grows: pages stay valid */
+		size_t n = 0;
+		for (; n < sizeof(chunk) && off + n < need; n += page_size)
+			memset(chunk + n, 0x5a ^ (int)(((off + n) / page_size) & 0xff), page_size);
+		ssize_t w = pwrite(pattern_fd, chunk, n, off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0 || (size_t)w % page_size)
+			return w < 0 ? -errno : -EIO;
+		off += w;
+	}
+	if (pattern)
+		munmap(pattern, pattern_len);
+	pattern = mmap(NULL, need, PROT_READ, MAP_SHARED, pattern_fd, 0);
+	if (pattern == MAP_FAILED) {
+		pattern = NULL;
+		pattern_len = 0;
+		return -ENOMEM;
+	}
+	pattern_len = need;
+	return 0;
+}
+
 static int ioctl_ret(int r) { return r ? -errno : 0; }
 
 static int do_uffd(const struct step *s)
@@ -904,20 +970,9 @@ static int do_uffd(const struct step *s)
 	case OP_UFFD_COPY: {
 		size_t need = s->len ? (s->len + page_size - 1) & ~(uint64_t)(page_size - 1)
 				     : (size_t)page_size;
-		if (need > pattern_len) {
-			if (pattern)
-				munmap(pattern, pattern_len);
-			pattern = mmap(NULL, need, PROT_READ | PROT_WRITE,
-				       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-			if (pattern == MAP_FAILED) {
-				pattern = NULL;
-				pattern_len = 0;
-				return -ENOMEM;
-			}
-			pattern_len = need;
-			for (size_t i = 0; i < need; i += page_size) /* page i is 0x5a ^ i */
-				memset(pattern + i, 0x5a ^ (int)((i / page_size) & 0xff), page_size);
-		}
+		int e = pattern_map(need);
+		if (e)
+			return e;
 		struct uffdio_copy cp = {.dst = base + s->off, .src = (uintptr_t)pattern,
 					 .len = s->len, .mode = 0};
 		return ioctl_ret(ioctl(uffd, UFFDIO_COPY, &cp));
@@ -1149,50 +1204,16 @@ static int read_script(const char *path)
 static void usage(void)
 {
 	static const char m[] = "usage: executor SCRIPT   (a path, or - for standard input)\n"
+				"       executor --serve\n"
 				"       executor --version\n";
 	write_all(2, m, sizeof(m) - 1);
 	exit(2);
 }
 
-int main(int argc, char **argv)
+/* Run the script in script_text from step `resume` + 1 (an execve step's new image) or from
+ * the start (resume < 0); returns the exit status. */
+static int run_script(long resume)
 {
-	argv0 = argc ? argv[0] : "executor";
-	long resume = -1;
-	int i = 1;
-	if (argc == 2 && !strcmp(argv[1], "--version")) {
-		char m[96];
-		int n = snprintf(m, sizeof(m), "%s (clr_hugepage=%d)\n", EXECUTOR_VERSION,
-				 CLR_HUGEPAGE);
-		write_all(1, m, n);
-		return 0;
-	}
-	if (i < argc && !strncmp(argv[i], "--resume=", 9)) {
-		char *e;
-		resume = strtol(argv[i] + 9, &e, 10);
-		if (*e || resume < 0)
-			usage();
-		i++;
-	}
-	if (argc - i != 1)
-		usage();
-	script_arg = argv[i];
-
-	const char *env = getenv("VMAFLAGS_CLR_HUGEPAGE");
-	if (env && *env) {
-		int64_t v;
-		if (parse_int(env, &v) || v < INT_MIN || v > INT_MAX) {
-			write_all(2, "executor: bad VMAFLAGS_CLR_HUGEPAGE\n", 36);
-			return 2;
-		}
-		clr_hugepage = v;
-	}
-	if (read_script(script_arg)) {
-		char m[512];
-		int n = snprintf(m, sizeof(m), "executor: cannot read %s: %s\n", script_arg,
-				 strerror(errno));
-		write_all(2, m, n);
-		return 2;
-	}
 	/* parse a copy: execve needs the pristine text of a stdin script */
 	char *copy = malloc(script_len + 1);
 	if (!copy)
@@ -1218,4 +1239,156 @@ int main(int argc, char **argv)
 	for (size_t k = start; k < nsteps; k++)
 		run_step(k);
 	return 0;
+}
+
+/* ---- --serve: one fresh child per script ------------------------------------------------------ */
+static char in_buf[1 << 16];
+static size_t in_n, in_p;
+
+/* Exactly n bytes of standard input into dst (NULL: into in_buf's line); 0 at a clean EOF. */
+static int serve_read(char *dst, size_t n)
+{
+	while (n) {
+		if (in_p == in_n) {
+			ssize_t r = read(0, in_buf, sizeof(in_buf));
+			if (r < 0 && errno == EINTR)
+				continue;
+			if (r <= 0)
+				return 0;
+			in_n = r;
+			in_p = 0;
+		}
+		size_t k = in_n - in_p < n ? in_n - in_p : n;
+		memcpy(dst, in_buf + in_p, k);
+		in_p += k;
+		dst += k;
+		n -= k;
+	}
+	return 1;
+}
+
+/* The exit status of child `pid`, killing it after `secs` seconds: 0..255, 128 + signal, or
+ * -1 for a timeout.  SIGCHLD is blocked in the server, so it can be waited for with a timeout. */
+static int serve_wait(pid_t pid, uint64_t secs)
+{
+	struct timespec now, end;
+	clock_gettime(CLOCK_MONOTONIC, &end);
+	end.tv_sec += secs;
+	sigset_t chld;
+	sigemptyset(&chld);
+	sigaddset(&chld, SIGCHLD);
+	int status, timed_out = 0;
+	for (;;) {
+		pid_t w = waitpid(pid, &status, timed_out ? 0 : WNOHANG);
+		if (w == pid)
+			break;
+		if (w < 0 && errno != EINTR)
+			return -1;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		struct timespec left = {end.tv_sec - now.tv_sec, end.tv_nsec - now.tv_nsec};
+		if (left.tv_nsec < 0)
+			left.tv_sec--, left.tv_nsec += 1000000000L;
+		if (left.tv_sec < 0 || (sigtimedwait(&chld, NULL, &left) < 0 && errno == EAGAIN)) {
+			kill(pid, SIGKILL);
+			timed_out = 1;
+		}
+	}
+	if (timed_out)
+		return -1;
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/*
+ * Read "script <bytes> <timeout seconds>\n" + the script text, again and again; run each script
+ * in a child forked from this process, which never maps the arena nor changes any THP state,
+ * so that every child starts as a freshly executed process would.  After the child's lines
+ * print "end <status>" (see serve_wait; "end timeout" when it was killed).  Saves a fork+exec
+ * of the caller and an exec of the executor per script.
+ */
+static int serve(void)
+{
+	sigset_t chld, old;
+	sigemptyset(&chld);
+	sigaddset(&chld, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &chld, &old);
+	pattern_open(); /* shared by the children; without it each makes its own */
+	for (;;) {
+		char line[64];
+		size_t n = 0;
+		while (n < sizeof(line) - 1 && serve_read(line + n, 1) && line[n] != '\n')
+			n++;
+		if (n == 0)
+			return 0;
+		line[n] = 0;
+		unsigned long len, secs;
+		char tail;
+		if (sscanf(line, "script %lu %lu%c", &len, &secs, &tail) != 2 || len > (1UL << 30)) {
+			write_all(2, "executor: --serve wants \"script <bytes> <seconds>\" lines\n", 57);
+			return 2;
+		}
+		char *text = malloc(len + 1);
+		if (!text || !serve_read(text, len)) {
+			write_all(2, "executor: --serve: a script was cut short\n", 42);
+			return 2;
+		}
+		text[len] = 0;
+		pid_t pid = fork();
+		if (pid == 0) {
+			sigprocmask(SIG_SETMASK, &old, NULL);
+			prctl(PR_SET_PDEATHSIG, SIGKILL); /* a killed server takes its child along */
+			script_text = text;
+			script_len = len;
+			script_arg = "-";
+			_exit(run_script(-1));
+		}
+		free(text);
+		char m[32];
+		int status = pid < 0 ? 1 : serve_wait(pid, secs);
+		int k = status < 0 ? snprintf(m, sizeof(m), "end timeout\n")
+				   : snprintf(m, sizeof(m), "end %d\n", status);
+		write_all(1, m, k);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	argv0 = argc ? argv[0] : "executor";
+	long resume = -1;
+	int i = 1;
+	if (argc == 2 && !strcmp(argv[1], "--version")) {
+		char m[96];
+		int n = snprintf(m, sizeof(m), "%s (clr_hugepage=%d)\n", EXECUTOR_VERSION,
+				 CLR_HUGEPAGE);
+		write_all(1, m, n);
+		return 0;
+	}
+	const char *env = getenv("VMAFLAGS_CLR_HUGEPAGE");
+	if (env && *env) {
+		int64_t v;
+		if (parse_int(env, &v) || v < INT_MIN || v > INT_MAX) {
+			write_all(2, "executor: bad VMAFLAGS_CLR_HUGEPAGE\n", 36);
+			return 2;
+		}
+		clr_hugepage = v;
+	}
+	if (argc == 2 && !strcmp(argv[1], "--serve"))
+		return serve();
+	if (i < argc && !strncmp(argv[i], "--resume=", 9)) {
+		char *e;
+		resume = strtol(argv[i] + 9, &e, 10);
+		if (*e || resume < 0)
+			usage();
+		i++;
+	}
+	if (argc - i != 1)
+		usage();
+	script_arg = argv[i];
+	if (read_script(script_arg)) {
+		char m[512];
+		int n = snprintf(m, sizeof(m), "executor: cannot read %s: %s\n", script_arg,
+				 strerror(errno));
+		write_all(2, m, n);
+		return 2;
+	}
+	return run_script(resume);
 }
