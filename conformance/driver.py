@@ -1,16 +1,22 @@
 """Run a script on the kernel (the C executor) and on the model, and compare step by step.
 
-`check` starts the executor first and computes the model's prediction while the kernel runs, so
-the two overlap.  Every script runs in a fresh executor process: the prctl state is per mm and
-survives fork and execve.
+`check` hands the script to the executor first and computes the model's prediction while the
+kernel runs, so the two overlap.  Every script runs in a fresh executor process (a child of an
+`executor --serve`): the prctl state is per mm and survives fork and execve.
 """
 from __future__ import annotations
 
+import atexit
+import collections
+import contextlib
 import errno
 import functools
+import math
+import os
+import select
 import subprocess
-import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from vmaflags.model import concrete
@@ -69,79 +75,113 @@ def script_bytes(script: Script) -> bytes:
     return b"arena %d\n" % script.arena + b"".join(map(_step_text, script.steps))
 
 
-def start_kernel(script: Script, clr_hugepage: int | None = None) -> subprocess.Popen:
-    p = subprocess.Popen([_executor(clr_hugepage), "-"], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+class Executor:
+    """An `executor --serve` process: every script submitted runs in a fresh child of it, which
+    starts as a freshly executed process would (the server never maps the arena or changes THP
+    state; prctl state is per mm and survives fork and execve, so no script may inherit
+    another's).  Cheaper than a fork+exec of this (large) Python process per script.  Scripts
+    are pipelined: submit several, then collect their traces in order."""
+
+    GRACE = 30.0  # seconds past a script's own timeout (enforced by the server) before we give up
+
+    def __init__(self, clr_hugepage: int | None) -> None:
+        self.proc = subprocess.Popen([_executor(clr_hugepage), "--serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.out = self.proc.stdout.fileno()  # type: ignore[union-attr]
+        os.set_blocking(self.proc.stderr.fileno(), False)  # type: ignore[union-attr]
+        self.buf = b""
+        self.timeouts: collections.deque[float] = collections.deque()
+
+    def submit(self, script: Script, timeout: float = 60) -> None:
+        body = script_bytes(script)
+        try:
+            self.proc.stdin.write(b"script %d %d\n" % (len(body), math.ceil(timeout)) + body)
+        except BrokenPipeError:
+            raise ExecutorError(f"executor --serve died: {self._stderr()}") from None
+        self.timeouts.append(timeout)
+
+    def collect(self) -> Trace:
+        """The trace of the oldest submitted script not collected yet."""
+        try:
+            self.proc.stdin.flush()  # type: ignore[union-attr]
+        except BrokenPipeError:
+            raise ExecutorError(f"executor --serve died: {self._stderr()}") from None
+        deadline = time.monotonic() + self.timeouts.popleft() + self.GRACE
+        while (end := self._end()) is None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.out], [], [], left)[0]:
+                self.proc.kill()
+                raise ExecutorError("executor --serve stopped answering")
+            chunk = os.read(self.out, 1 << 16)
+            if not chunk:
+                raise ExecutorError(f"executor --serve died (exit {self.proc.wait()}): "
+                                    f"{self._stderr()}")
+            self.buf += chunk
+        at, nl = end
+        body, status, self.buf = self.buf[:at], self.buf[at + 4:nl], self.buf[nl + 1:]
+        if status == b"timeout":
+            raise ExecutorError("executor timed out")
+        if status != b"0":
+            raise ExecutorError(f"executor exited {status.decode()}: {self._stderr()}")
+        try:
+            return [parse_line(ln) for ln in body.decode().splitlines() if ln.strip()]
+        except (ValueError, KeyError) as e:
+            raise ExecutorError(f"unparsable executor output: {e}") from None
+
+    def _end(self) -> tuple[int, int] | None:
+        """Where the buffered "end <status>" line starts and ends, once it is complete."""
+        at = 0 if self.buf.startswith(b"end ") else self.buf.find(b"\nend ") + 1
+        if at == 0 and not self.buf.startswith(b"end "):
+            return None
+        nl = self.buf.find(b"\n", at)
+        return None if nl < 0 else (at, nl)
+
+    def _stderr(self) -> str:
+        try:
+            return os.read(self.proc.stderr.fileno(), 1 << 16).decode().strip()  # type: ignore
+        except (BlockingIOError, OSError):
+            return ""
+
+    def close(self, kill: bool = True) -> None:
+        """Kill the server, or (kill=False) let it finish its scripts and exit."""
+        if kill:
+            self.proc.kill()
+        with contextlib.suppress(BrokenPipeError):
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        self.proc.wait()
+
+
+_servers: dict[int | None, Executor] = {}
+
+
+@atexit.register
+def close_servers() -> None:
+    """Wait for this process's servers to exit, so that their CPU time (and their children's)
+    is accounted to us, as it was with one executor process per script."""
+    while _servers:
+        _servers.popitem()[1].close(kill=False)
+
+
+@contextlib.contextmanager
+def executor(clr_hugepage: int | None = None) -> Iterator[Executor]:
+    """This process's server for `clr_hugepage`, started on first use.  A failure inside the
+    block (ours or the server's) leaves traces in its pipe: it is then closed, to be restarted
+    on next use."""
+    ex = _servers.get(clr_hugepage)
+    if ex is None or ex.proc.poll() is not None:
+        ex = _servers[clr_hugepage] = Executor(clr_hugepage)
     try:
-        p.stdin.write(script_bytes(script))  # type: ignore[union-attr]
-        p.stdin.close()  # type: ignore[union-attr]
-    except BrokenPipeError:
-        pass  # the executor rejected the script; its exit status says why
-    return p
-
-
-class _Watchdog:
-    """Kills executors that outlive their deadline.  One thread per process, instead of a
-    timer per run or communicate()'s poll loop: both cost more than a short script's kernel
-    time."""
-
-    def __init__(self) -> None:
-        self.live: dict[int, tuple[subprocess.Popen, float]] = {}
-        self.lock = threading.Lock()
-        self.thread: threading.Thread | None = None
-        self.killed: set[int] = set()
-
-    def watch(self, p: subprocess.Popen, timeout: float) -> None:
-        with self.lock:
-            self.live[p.pid] = (p, time.monotonic() + timeout)
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._run, daemon=True,
-                                               name="executor-watchdog")
-                self.thread.start()
-
-    def done(self, p: subprocess.Popen) -> bool:
-        """Stop watching; True if the watchdog killed it."""
-        with self.lock:
-            self.live.pop(p.pid, None)
-            if p.pid in self.killed:
-                self.killed.discard(p.pid)
-                return True
-            return False
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(0.5)
-            now = time.monotonic()
-            with self.lock:
-                for pid, (p, deadline) in list(self.live.items()):
-                    if now > deadline and p.poll() is None:
-                        p.kill()
-                        self.killed.add(pid)
-
-
-_watchdog = _Watchdog()
-
-
-def finish_kernel(p: subprocess.Popen, timeout: float = 60) -> Trace:
-    _watchdog.watch(p, timeout)
-    try:
-        out = p.stdout.read().decode()  # type: ignore[union-attr]
-        err = p.stderr.read().decode()  # type: ignore[union-attr]
-        p.wait()
-    finally:
-        killed = _watchdog.done(p)
-    if killed:
-        raise ExecutorError(f"executor timed out after {timeout:g} s")
-    if p.returncode != 0:
-        raise ExecutorError(f"executor exited {p.returncode}: {err.strip()}")
-    try:
-        return [parse_line(ln) for ln in out.splitlines() if ln.strip()]
-    except (ValueError, KeyError) as e:
-        raise ExecutorError(f"unparsable executor output: {e}") from None
+        yield ex
+    except BaseException:
+        del _servers[clr_hugepage]
+        ex.close()
+        raise
 
 
 def run_kernel(script: Script, clr_hugepage: int | None = None, timeout: float = 60) -> Trace:
-    return finish_kernel(start_kernel(script, clr_hugepage), timeout)
+    with executor(clr_hugepage) as ex:
+        ex.submit(script, timeout)
+        return ex.collect()
 
 
 def run_model(era: Era, script: Script, sysfs: int) -> Trace:
@@ -244,21 +284,16 @@ def check(era: Era, script: Script, sysfs: int, timeout: float = 60) -> Checked:
 
 def check_many(era: Era, scripts: list[Script], sysfs: int, timeout: float = 60
                ) -> list[Checked]:
-    """Several scripts, each in its own executor, all started before the model runs."""
-    procs = [start_kernel(s, clr_number(era)) for s in scripts]
+    """Several scripts, each in a fresh executor child, all submitted before the model runs."""
     out = []
-    try:
-        for script, p in zip(scripts, procs):
+    with executor(clr_number(era)) as ex:
+        for s in scripts:
+            ex.submit(s, timeout)
+        for script in scripts:
             model = run_model(era, script, sysfs)
-            kernel = finish_kernel(p, timeout)
+            kernel = ex.collect()
             d = compare(script, model, kernel)
             if d is not None:
                 d.era, d.sysfs = era.id, SYSFS_MODES[sysfs]
             out.append(Checked(d, model, kernel))
-    except BaseException:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-        raise
     return out
