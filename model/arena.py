@@ -93,13 +93,13 @@ def remerge(B: Any, era: Any, cs: list[Cell], mod: list[Any]) -> list[Cell]:
                 kept = B.ite(touched, joins, kept)
             same = B.and_(c.mapped, p.mapped, kept)
         run[i] = B.ite(same, B.ite(run[i - 1] == 0, c.av, run[i - 1]), c.av) if i else c.av
-        out.append(c._replace(brk=B.and_(c.mapped, B.not_(same))))
+        out.append(B.put(c, brk=B.and_(c.mapped, B.not_(same))))
     final: list[Any] = [0] * n
     final[n - 1] = run[n - 1]
     for i in reversed(range(n - 1)):
         cont = B.and_(out[i + 1].mapped, B.not_(out[i + 1].brk))
         final[i] = B.ite(cont, final[i + 1], run[i])
-    return [c._replace(av=final[i]) for i, c in enumerate(out)]
+    return [B.put(c, av=final[i]) for i, c in enumerate(out)]
 
 
 def regroup(B: Any, st: State, cs: list[Cell], thp: list[Any], ptable: list[Any]) -> State:
@@ -107,8 +107,8 @@ def regroup(B: Any, st: State, cs: list[Cell], thp: list[Any], ptable: list[Any]
     blocks, i = [], 0
     for k, b in enumerate(st.blocks):
         m = len(b.cells)
-        blocks.append(b._replace(thp=thp[k], ptable=ptable[k], cow=B.and_(b.cow, ptable[k]),
-                                 cells=tuple(cs[i:i + m])))
+        blocks.append(B.put(b, thp=thp[k], ptable=ptable[k], cow=B.and_(b.cow, ptable[k]),
+                            cells=tuple(cs[i:i + m])))
         i += m
     return st._replace(blocks=tuple(blocks))
 
@@ -122,6 +122,6 @@ def split_thps(B: Any, st: State) -> State:
             blocks.append(b)
             continue
         one = in_one_vma(B, b.cells)
-        blocks.append(b._replace(thp=B.and_(b.thp, one),
-                                 ptable=B.or_(b.ptable, B.and_(b.thp, B.not_(one)))))
+        blocks.append(B.put(b, thp=B.and_(b.thp, one),
+                            ptable=B.or_(b.ptable, B.and_(b.thp, B.not_(one)))))
     return st._replace(blocks=tuple(blocks))

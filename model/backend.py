@@ -42,6 +42,20 @@ class _Py:
         return a if c else b
 
     @staticmethod
+    def select(c: Any, a: Any, b: Any) -> Any:
+        """`ite` over whole records (NamedTuples of backend values)."""
+        return a if c else b
+
+    @staticmethod
+    def put(rec: Any, **kw: Any) -> Any:
+        """rec._replace(**kw); rec itself when no field changes (most updates of the
+        interpreter's cells change nothing, and building a record costs ~1 us here)."""
+        for k, v in kw.items():
+            if getattr(rec, k) != v:
+                return rec._replace(**kw)
+        return rec
+
+    @staticmethod
     def div(x: Any, n: int) -> Any:
         """Integer division by a positive constant."""
         return x // n
@@ -97,6 +111,16 @@ class _Z3:
         if a is b or (isinstance(a, (bool, int)) and type(a) is type(b) and a == b):
             return a
         return z3.If(c, a, b)
+
+    @classmethod
+    def select(cls, c: Any, a: Any, b: Any) -> Any:
+        if isinstance(c, bool):
+            return a if c else b
+        return type(a)(*(cls.ite(c, x, y) for x, y in zip(a, b)))
+
+    @staticmethod
+    def put(rec: Any, **kw: Any) -> Any:
+        return rec._replace(**kw)
 
     @staticmethod
     def div(x: Any, n: int) -> Any:

@@ -5,6 +5,7 @@ cells of a concrete state into the VMA lines smaps prints, in the executor's for
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 from . import arena, rules
@@ -65,6 +66,7 @@ class Observation(NamedTuple):
                 f"vmas={','.join(v.text() for v in self.vmas)}")
 
 
+@functools.cache
 def flag_text(hg: bool, nh: bool, um: bool, uw: bool) -> str:
     return "+".join(n for n, on in (("hg", hg), ("nh", nh), ("um", um), ("uw", uw)) if on) or "-"
 

@@ -67,8 +67,7 @@ def mmap(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
     thp, ptable = _unmap_pmds(B, st, a, b)
     old = cells(st)
     mod = [_in(B, c, a, b) for c in old]
-    new = Cell(0, 0, B.T, B.F, f.hg, f.nh, f.um, f.uw, 0, B.F)
-    cs = [Cell(*(B.ite(m, x, y) for x, y in zip(new._replace(start=c.start, end=c.end), c)))
+    cs = [B.select(m, Cell(c.start, c.end, B.T, B.F, f.hg, f.nh, f.um, f.uw, 0, B.F), c)
           for c, m in zip(old, mod)]
     cs = arena.remerge(B, era, cs, mod)
     st2 = arena.regroup(B, st, cs, thp, ptable)
@@ -80,8 +79,7 @@ def munmap(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
     thp, ptable = _unmap_pmds(B, st, a, b)
     old = cells(st)
     mod = [_in(B, c, a, b) for c in old]
-    cs = [Cell(*(B.ite(m, x, y) for x, y in zip(hole(c.start, c.end), c)))
-          for c, m in zip(old, mod)]
+    cs = [B.select(m, hole(c.start, c.end), c) for c, m in zip(old, mod)]
     return 0, arena.regroup(B, st, arena.remerge(B, era, cs, mod), thp, ptable)
 
 
@@ -108,7 +106,7 @@ def madvise(B: Any, era: Era, st: State, a: Any, b: Any, advice: int) -> tuple[A
         apply = B.and_(inr, B.not_(bad))
         errs.append(B.ite(B.and_(inr, bad), err, 0))
         stopped = B.or_(stopped, B.and_(inr, bad))
-        new = c._replace(hg=B.ite(apply, f.hg, c.hg), nh=B.ite(apply, f.nh, c.nh))
+        new = B.put(c, hg=B.ite(apply, f.hg, c.hg), nh=B.ite(apply, f.nh, c.nh))
         mod.append(B.and_(apply, B.or_(B.not_(new.hg == c.hg), B.not_(new.nh == c.nh))))
         advised.append(apply)
         cs.append(new)
@@ -170,10 +168,10 @@ def madvise_collapse(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, 
     blocks = []
     for k, blk in enumerate(st.blocks):
         done = B.and_(tried[k], ok[k], B.not_(before[first[k]]))
-        blocks.append(blk._replace(
-            thp=B.or_(blk.thp, done), ptable=B.and_(blk.ptable, B.not_(done)),
+        blocks.append(B.put(
+            blk, thp=B.or_(blk.thp, done), ptable=B.and_(blk.ptable, B.not_(done)),
             cow=B.and_(blk.cow, B.not_(done)),
-            cells=tuple(c._replace(pop=B.or_(c.pop, done)) for c in blk.cells)))
+            cells=tuple(B.put(c, pop=B.or_(c.pop, done)) for c in blk.cells)))
     return ret, st._replace(blocks=tuple(blocks))
 
 
@@ -220,15 +218,15 @@ def touch(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
         ptable.append(B.or_(blk.ptable, pte_fault, sigbus_pte))
     blk_of = [k for k, blk in enumerate(st.blocks) for _ in blk.cells]
     for i, c in enumerate(old):
-        cs.append(c._replace(pop=B.or_(c.pop, eff[i], thp_fault[blk_of[i]])))
+        cs.append(B.put(c, pop=B.or_(c.pop, eff[i], thp_fault[blk_of[i]])))
     # vmf_anon_prepare() runs before the uffd check: a SIGBUS write also gets an anon_vma
     wrote = [B.or_(eff[i], bus[i], thp_fault[blk_of[i]]) for i in range(len(old))]
     cs, next_av = _anon_vma_prepare(B, cs, wrote, st.next_av)
     st2 = arena.regroup(B, st, cs, thp, ptable)._replace(next_av=next_av)
     # a write makes its PTE writable (a new page, or wp_page_reuse of an exclusive COW page)
     st2 = st2._replace(blocks=tuple(
-        blk._replace(cow=B.and_(blk.cow, *(B.not_(eff[i]) for i in
-                                          range(first[k], first[k] + len(blk.cells)))))
+        B.put(blk, cow=B.and_(blk.cow, *(B.not_(eff[i]) for i in
+                                        range(first[k], first[k] + len(blk.cells)))))
         for k, blk in enumerate(st2.blocks)))
     fault_cells = [thp_fault[blk_of[i]] for i in range(len(old))]
     return ret, st2._replace(mm=st2.mm._replace(
@@ -251,9 +249,7 @@ def _anon_vma_prepare(B: Any, cs: list[Cell], wrote: list[Any], next_av: Any
         need[i] = B.or_(B.and_(wrote[i], cs[i].av == 0), nxt)
         if i + 1 < n:
             after[i] = after[i + 1] if B.is_true(same[i + 1]) else (
-                cs[i + 1] if B.is_false(same[i + 1]) else
-                Cell(*(B.ite(same[i + 1], x, y) for x, y in zip(after[i + 1] or cs[i + 1],
-                                                                 cs[i + 1]))))
+                B.select(same[i + 1], after[i + 1] or cs[i + 1], cs[i + 1]))
     out: list[Cell] = []
     counter, cur, vneed = next_av, next_av, B.F
     for i, c in enumerate(cs):
@@ -265,7 +261,7 @@ def _anon_vma_prepare(B: Any, cs: list[Cell], wrote: list[Any], next_av: Any
         chosen = B.ite(use_next, nb.av if nb else 0, B.ite(use_prev, pb.av if pb else 0, counter))
         cur = B.ite(same[i], cur, chosen)
         counter = B.ite(fresh, counter + 1, counter)
-        out.append(c._replace(av=B.ite(B.and_(vneed, c.av == 0), cur, c.av)))
+        out.append(B.put(c, av=B.ite(B.and_(vneed, c.av == 0), cur, c.av)))
     return out, counter
 
 
@@ -290,7 +286,7 @@ def uffd_register(B: Any, era: Era, st: State, a: Any, b: Any, missing: bool, wp
         skip = B.and_(B.or_(not missing, c.um), B.or_(not wp, c.uw))
         f = rules.userfaultfd_register(B, c.flags, missing, wp)
         apply = B.and_(inr, B.not_(skip))
-        cs.append(c._replace(um=B.ite(apply, f.um, c.um), uw=B.ite(apply, f.uw, c.uw)))
+        cs.append(B.put(c, um=B.ite(apply, f.um, c.um), uw=B.ite(apply, f.uw, c.uw)))
         mod.append(apply)
     some = B.or_(*(B.and_(_in(B, c, a, b), c.mapped) for c in old))
     return _relayout(B, era, st, B.ite(some, 0, -EINVAL), cs, mod, some)
@@ -317,7 +313,7 @@ def _clear_uffd(B: Any, era: Era, st: State, sel: list[Any], ret: Any, ok: Any
     for c, s in zip(cells(st), sel):
         f = rules.userfaultfd_unregister(B, c.flags)
         apply = B.and_(s, B.or_(c.um, c.uw))
-        cs.append(c._replace(um=B.ite(apply, f.um, c.um), uw=B.ite(apply, f.uw, c.uw)))
+        cs.append(B.put(c, um=B.ite(apply, f.um, c.um), uw=B.ite(apply, f.uw, c.uw)))
         mod.append(apply)
     return _relayout(B, era, st, ret, cs, mod, ok)
 
@@ -325,7 +321,7 @@ def _clear_uffd(B: Any, era: Era, st: State, sel: list[Any], ret: Any, ok: Any
 def _relayout(B: Any, era: Era, st: State, ret: Any, cs: list[Cell], mod: list[Any], ok: Any
               ) -> tuple[Any, State]:
     cs = arena.remerge(B, era, cs, [B.and_(ok, m) for m in mod])
-    cs = [Cell(*(B.ite(ok, x, y) for x, y in zip(n, o))) for n, o in zip(cs, cells(st))]
+    cs = [B.select(ok, n, o) for n, o in zip(cs, cells(st))]
     st2 = arena.regroup(B, st, cs, [bl.thp for bl in st.blocks],
                         [bl.ptable for bl in st.blocks])
     return ret, arena.split_thps(B, st2)
@@ -358,7 +354,7 @@ def uffd_copy(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
     err = _first_error(B, errs)
     ret = B.ite(B.not_(ok), rules.uffdio_copy_page(B, B.F, B.F, B.F),
                 B.ite(err == 0, 0, B.ite(any_copied, -EAGAIN, err)))
-    cs = [c._replace(pop=B.or_(c.pop, copied[i])) for i, c in enumerate(old)]
+    cs = [B.put(c, pop=B.or_(c.pop, copied[i])) for i, c in enumerate(old)]
     # uffd_mfill_lock() prepares the anon_vma of the VMA holding dst before any other check
     at_dst = [B.and_(c.mapped, c.start <= a, a < c.end) for c in old]
     cs, next_av = _anon_vma_prepare(B, cs, at_dst, st.next_av)
@@ -366,8 +362,8 @@ def uffd_copy(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
               for k, blk in enumerate(st.blocks)]
     st2 = arena.regroup(B, st, cs, [bl.thp for bl in st.blocks], ptable)
     st2 = st2._replace(blocks=tuple(
-        blk._replace(cow=B.and_(blk.cow, *(B.not_(copied[first[k] + j])
-                                          for j in range(len(blk.cells)))))
+        B.put(blk, cow=B.and_(blk.cow, *(B.not_(copied[first[k] + j])
+                                        for j in range(len(blk.cells)))))
         for k, blk in enumerate(st2.blocks)))
     return ret, st2._replace(next_av=next_av)
 
@@ -389,10 +385,10 @@ def khugepaged(B: Any, era: Era, st: State) -> tuple[Any, State]:
                                    B.and_(*(c.pop for c in blk.cells)))
         done = B.and_(st.mm.registered, arena.in_one_vma(B, blk.cells), elig, ok,
                       B.not_(blk.thp))
-        blocks.append(blk._replace(
-            thp=B.or_(blk.thp, done), ptable=B.and_(blk.ptable, B.not_(done)),
+        blocks.append(B.put(
+            blk, thp=B.or_(blk.thp, done), ptable=B.and_(blk.ptable, B.not_(done)),
             cow=B.and_(blk.cow, B.not_(done)),
-            cells=tuple(c._replace(pop=B.or_(c.pop, done)) for c in blk.cells)))
+            cells=tuple(B.put(c, pop=B.or_(c.pop, done)) for c in blk.cells)))
     return 0, st._replace(blocks=tuple(blocks))
 
 
@@ -413,7 +409,7 @@ def fork(B: Any, era: Era, st: State) -> tuple[State, State]:
     comes from rules.mm_init.  Both sides' present PTEs become write-protected for COW
     (copy_present_pte), and stay so in the parent until written."""
     st = st._replace(blocks=tuple(
-        blk._replace(cow=B.or_(blk.cow, B.and_(blk.ptable, B.or_(*(c.pop for c in blk.cells)))))
+        B.put(blk, cow=B.or_(blk.cow, B.and_(blk.ptable, B.or_(*(c.pop for c in blk.cells)))))
         for blk in st.blocks))
     child = st._replace(
         blocks=tuple(blk._replace(cells=tuple(
