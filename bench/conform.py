@@ -100,8 +100,7 @@ def model_cost(seed: int, examples: int = 200) -> float:
         find(coded_scripts(2), keep, settings=settings(max_examples=examples, database=None,
                                                         phases=(Phase.generate,)),
              random=random.Random(seed))
-    concrete.run_syscall.cache_clear()
-    concrete.observe_cached.cache_clear()
+    concrete.clear_caches()
     era = ERAS["mmf-except-advised"]
     t0 = time.process_time()
     n = sum(len(concrete.run(era, s)) for s in drawn)

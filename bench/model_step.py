@@ -13,7 +13,7 @@ import sys
 import time
 
 from vmaflags.model import ERAS, concrete, parse_script
-from vmaflags.model.observe import observe
+from vmaflags.model.observe import observe, vma_lines
 
 SETUP = """arena 4
 mmap 0 8M
@@ -39,6 +39,7 @@ def main(rounds: int = 2000) -> None:
         for i in range(rounds):
             sc = loop[i % len(loop)]
             concrete.run_syscall.cache_clear()
+            vma_lines.cache_clear()
             t0 = time.perf_counter()
             r = concrete.run_syscall(era, st, sc)
             observe(era, r.state, r.ret)
@@ -56,8 +57,7 @@ def workload(scripts: int = 2000) -> None:
     from vmaflags.conformance.strategies import scripts as script_strategy
 
     era = ERAS["mmf-except-advised"]
-    concrete.run_syscall.cache_clear()
-    concrete.observe_cached.cache_clear()
+    concrete.clear_caches()
     drawn = []
 
     @settings(max_examples=scripts, deadline=None, database=None,

@@ -9,10 +9,10 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from . import step as S
-from .backend import PY
+from .backend import PY, clear_memos
 from .eras import Era
 from .errno import EINVAL
-from .observe import Observation, observe
+from .observe import Observation, observe, vma_lines
 from .state import Block, Cell, State, empty_state
 from .syscalls import (PAGE, PMD_PAGES, Execve, Fork, Khugepaged, Madvise, Mmap, Munmap, PrctlGet,
                        PrctlSet, Script, ScriptError, Syscall, Sysfs, UffdClose, UffdCopy,
@@ -113,7 +113,11 @@ def _check_range(era: Era, sc: Syscall, a: int, b: int) -> int | None:
     return 0 if a == b else None  # touch of nothing
 
 
-observe_cached = lru_cache(maxsize=1 << 16)(observe)
+def clear_caches() -> None:
+    """Forget every memoised result (tests that swap a rule for a mutant call this)."""
+    run_syscall.cache_clear()
+    vma_lines.cache_clear()
+    clear_memos()
 
 
 class Outcome(NamedTuple):
@@ -130,9 +134,10 @@ def run(era: Era, script: Script, sysfs: int = 1) -> list[Outcome]:
     for sc in script.steps:
         r = run_syscall(era, st, sc)
         st = r.state
-        child = None if r.child is None else observe_cached(era, r.child, 0)
-        out.append(Outcome(observe_cached(era, st, r.ret), child))
+        child = None if r.child is None else observe(era, r.child, 0)
+        out.append(Outcome(observe(era, st, r.ret), child))
     return out
 
 
-__all__ = ["Block", "Result", "Outcome", "run", "run_syscall", "split", "coalesce"]
+__all__ = ["Block", "Result", "Outcome", "clear_caches", "run", "run_syscall", "split",
+           "coalesce"]

@@ -71,7 +71,10 @@ def flag_text(hg: bool, nh: bool, um: bool, uw: bool) -> str:
     return "+".join(n for n, on in (("hg", hg), ("nh", nh), ("um", um), ("uw", uw)) if on) or "-"
 
 
-def observe(era: Era, st: State, ret: int) -> Observation:
+@functools.lru_cache(maxsize=1 << 16)
+def vma_lines(era: Era, st: State) -> tuple[Vma, ...]:
+    """The arena's VMAs as smaps shows them.  Memoised (concrete.clear_caches() forgets): a
+    step that fails or changes only the mm leaves the VMAs, and so the lines, as they were."""
     vmas = []
     cs = cells(st)
     for c, v in zip(cs, arena.vma_views(PY, cs)):
@@ -81,5 +84,9 @@ def observe(era: Era, st: State, ret: int) -> Observation:
         vmas.append(Vma(f.view.vstart * PAGE, f.view.vend * PAGE,
                         flag_text(c.hg, c.nh, c.um, c.uw),
                         None if f.eligible is None else int(f.eligible), f.anon_huge_kb))
+    return tuple(vmas)
+
+
+def observe(era: Era, st: State, ret: int) -> Observation:
     return Observation(ret, rules.thp_disable_value(PY, era, st.mm),
-                       rules.task_thp_status(PY, era, st.mm), tuple(vmas))
+                       rules.task_thp_status(PY, era, st.mm), vma_lines(era, st))

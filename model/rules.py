@@ -178,12 +178,12 @@ def thp_vma_allowable(B: Any, era: Era, user: str, f: Flags, mm: Mm, sysfs: Any,
 def userfaultfd_register(B: Any, f: Flags, missing: bool, wp: bool) -> Flags:
     """userfaultfd_register(): the VMA's uffd flags become exactly the requested mode
     (vm_flags & ~__VM_UFFD_FLAGS | mode)."""
-    return f._replace(um=B.T if missing else B.F, uw=B.T if wp else B.F)
+    return B.put(f, um=B.T if missing else B.F, uw=B.T if wp else B.F)
 
 
 def userfaultfd_unregister(B: Any, f: Flags) -> Flags:
     """UFFDIO_UNREGISTER and userfaultfd_release() (closing the fd) clear the uffd flags."""
-    return f._replace(um=B.F, uw=B.F)
+    return B.put(f, um=B.F, uw=B.F)
 
 
 def dup_userfaultfd(B: Any, f: Flags) -> Flags:

@@ -201,8 +201,8 @@ def touch(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
         touched = B.or_(*(eff[i] for i in mine))
         # the first write into the block finds pmd_none(): no THP and no PTE table yet
         pmd_none = B.and_(B.not_(blk.thp), B.not_(blk.ptable))
-        huge = rules.fault_huge_pmd(B, era, c0.flags, st.mm, st.sysfs, pmd_none,
-                                    arena.in_one_vma(B, blk.cells))
+        one = arena.in_one_vma(B, blk.cells)
+        huge = rules.fault_huge_pmd(B, era, c0.flags, st.mm, st.sysfs, pmd_none, one)
         hf = B.and_(touched, huge)
         thp_fault.append(hf)
         thp.append(B.or_(blk.thp, hf))
@@ -210,8 +210,8 @@ def touch(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
         # the THP path hands the fault over with the PMD still none
         sigbus_pte = B.or_(*(B.and_(bus[i], B.not_(B.and_(
             pmd_none, rules.fault_huge_pmd(B, era, old[i].flags._replace(um=B.F), st.mm,
-                                           st.sysfs, B.T, arena.in_one_vma(B, blk.cells)))))
-            for i in mine))
+                                           st.sysfs, B.T, one))))
+            for i in mine if not B.is_false(bus[i])))
         # a write to a present page (or into a THP) takes no fault; a new PTE needs the table
         pte_fault = B.and_(B.not_(blk.thp), B.not_(hf),
                            B.or_(*(B.and_(eff[i], B.not_(old[i].pop)) for i in mine)))
@@ -239,6 +239,8 @@ def _anon_vma_prepare(B: Any, cs: list[Cell], wrote: list[Any], next_av: Any
     find_mergeable_anon_vma() reuses the next VMA's, else the previous one's, when that VMA is
     adjacent, has one and has the same flags (anon_vma_compatible; such neighbours exist when a
     written VMA could not merge into an unwritten one, before 6.16); else a fresh one."""
+    if all(B.is_false(w) for w in wrote):
+        return cs, next_av
     n = len(cs)
     same = [B.F] + [B.and_(cs[i].mapped, cs[i - 1].mapped, B.not_(cs[i].brk))
                     for i in range(1, n)]

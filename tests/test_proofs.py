@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from vmaflags.cli import app
 from vmaflags.model import ERAS, concrete, rules
-from vmaflags.model.backend import clear_memos
 from vmaflags.model.state import Flags
 from vmaflags.proofs import theorems as T
 from vmaflags.proofs.command import obligations
@@ -23,9 +22,7 @@ from vmaflags.proofs.expected import EXPECTED
 def clear_caches():
     """Symbolic protocol runs and memoised concrete steps come from the (maybe mutated) rules."""
     T._restore.cache_clear()
-    concrete.run_syscall.cache_clear()
-    concrete.observe_cached.cache_clear()
-    clear_memos()
+    concrete.clear_caches()
 
 
 @pytest.fixture(autouse=True)
