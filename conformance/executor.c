@@ -1299,6 +1299,31 @@ static int serve_wait(pid_t pid, uint64_t secs)
 }
 
 /*
+ * Keep an mm of our own on khugepaged's list while the server runs (conformance/khugepaged.py
+ * explains why): registering into an empty list wakes khugepaged at once (__khugepaged_enter),
+ * so a script's first MADV_HUGEPAGE would be followed by a scan that lands between the step and
+ * its observation, while the model collapses only at `khugepaged` steps.  Best effort: under
+ * enabled=never nothing registers, and khugepaged does not run either.
+ */
+static void serve_keeper(void)
+{
+	if (fork() != 0)
+		return;
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	for (int fd = 0; fd < 3; fd++) /* the caller's pipes reach EOF with the server alone */
+		close(fd);
+	char *p = mmap(NULL, 2 * PMD_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		       -1, 0);
+	if (p != MAP_FAILED) {
+		char *a = (char *)(((uintptr_t)p + PMD_SIZE - 1) & ~(PMD_SIZE - 1));
+		a[0] = 1; /* an anon_vma first: khugepaged only takes VMAs that have one */
+		madvise(a, PMD_SIZE, MADV_HUGEPAGE);
+	}
+	for (;;)
+		pause();
+}
+
+/*
  * Read "script <bytes> <timeout seconds>\n" + the script text, again and again; run each script
  * in a child forked from this process, which never maps the arena nor changes any THP state,
  * so that every child starts as a freshly executed process would.  After the child's lines
@@ -1312,6 +1337,7 @@ static int serve(void)
 	sigaddset(&chld, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &chld, &old);
 	pattern_open(); /* shared by the children; without it each makes its own */
+	serve_keeper();
 	for (;;) {
 		char line[64];
 		size_t n = 0;
