@@ -42,16 +42,27 @@ def parse_line(line: str) -> tuple[str, Observation]:
 
 @functools.lru_cache(maxsize=1 << 16)
 def _parse_observation(text: str) -> Observation:
-    """Memoised: the same observation line comes back across scripts and steps."""
-    kv = dict(f.split("=", 1) for f in text.split())
+    """`ret=R get=G thp=T vmas=V`, exactly as executor.c report() prints it.  Memoised, and
+    so are its parts: the same lines and VMA lists come back across scripts and steps."""
+    ret, get, thp, vmas = text.split(" ")
+    if ret[:4] != "ret=" or get[:4] != "get=" or thp[:4] != "thp=" or vmas[:5] != "vmas=":
+        raise ValueError(f"not an observation: {text!r}")
+    return Observation(_ret(ret[4:]), _ret(get[4:]), None if thp == "thp=-" else int(thp[4:]),
+                       _parse_vmas(vmas[5:]))
+
+
+_ret = functools.lru_cache(maxsize=1 << 10)(ret_parse)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parse_vmas(text: str) -> tuple[Vma, ...]:
     vmas = []
-    for item in filter(None, kv["vmas"].split(",")):
+    for item in filter(None, text.split(",")):
         rng, flags, elig, ahp = item.split(":")
         s, e = rng.split("-")
         vmas.append(Vma(int(s, 16), int(e, 16), flags, None if elig == "-" else int(elig),
                         int(ahp)))
-    return Observation(ret_parse(kv["ret"]), ret_parse(kv["get"]),
-                       None if kv["thp"] == "-" else int(kv["thp"]), tuple(vmas))
+    return tuple(vmas)
 
 
 def clr_number(era: Era | None) -> int | None:
