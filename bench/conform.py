@@ -150,7 +150,7 @@ def main() -> int:
           f"(before / after), {1e6 / bare:.0f} us each")
     print(f"random conformance: {r.examples} sequences, {r.transitions} transitions in "
           f"{wall:.1f} s, sysfs {mode}, era {a.era}, seed {a.seed}: "
-          f"{len(r.divergences)} divergence(s)")
+          f"{len(r.divergences)} divergence(s), {len(r.flaky)} flaky")
     print(f"  CPU per checked transition: {own + kids:.0f} us = {own:.0f} us in this process "
           f"(Python: model, hypothesis, driver) + {kids:.0f} us in its children (the other "
           f"worker process and every executor)")
