@@ -40,18 +40,21 @@ def split(st: State, *pages: int) -> State:
 
 
 def coalesce(st: State) -> State:
-    """Join neighbouring cells of a block that are in the same state."""
-    blocks = []
+    """Join neighbouring cells of a block that are in the same state (all fields equal but the
+    bounds and `brk`, and no VMA starts at the second)."""
+    blocks, changed = [], False
     for blk in st.blocks:
         out = [blk.cells[0]]
         for c in blk.cells[1:]:
             p = out[-1]
-            if not c.brk and p[2:] == c._replace(brk=p.brk)[2:]:
+            if not c.brk and p.mapped == c.mapped and p[4:] == c[4:]:
                 out[-1] = p._replace(end=c.end)
             else:
                 out.append(c)
-        blocks.append(blk._replace(cells=tuple(out)) if len(out) != len(blk.cells) else blk)
-    return st._replace(blocks=tuple(blocks))
+        if len(out) != len(blk.cells):
+            blk, changed = blk._replace(cells=tuple(out)), True
+        blocks.append(blk)
+    return st._replace(blocks=tuple(blocks)) if changed else st
 
 
 class Result(NamedTuple):

@@ -194,6 +194,7 @@ def dup_userfaultfd(B: Any, f: Flags) -> Flags:
 
 # --- VMA merging (mm/vma.c is_mergeable_vma, is_mergeable_anon_vma) -----------------------------
 
+@memo_concrete
 def is_mergeable_vma(B: Any, era: Era, left: Flags, right: Flags, moving_av: Any, target_av: Any
                      ) -> Any:
     """Can two neighbouring VMAs merge?  `moving_av` is the anon_vma of the VMA being changed
@@ -220,6 +221,7 @@ def are_anon_vmas_compatible(B: Any, prev_av: Any, next_av: Any) -> Any:
 
 # --- collapse (mm/khugepaged.c) -----------------------------------------------------------------
 
+@memo_concrete
 def collapse_pmd(B: Any, era: Era, khugepaged: bool, armed: Any, thp: Any, ptable: Any,
                  cow: Any, any_pop: Any, all_pop: Any) -> tuple[Any, Any, Any]:
     """One aligned PMD inside an eligible VMA: (ok, abort, errno).  `ok`: it is or becomes a
@@ -247,6 +249,7 @@ def collapse_pmd(B: Any, era: Era, khugepaged: bool, armed: Any, thp: Any, ptabl
 
 # --- faults and UFFDIO_COPY (mm/memory.c, mm/userfaultfd.c) -------------------------------------
 
+@memo_concrete
 def fault_huge_pmd(B: Any, era: Era, f: Flags, mm: Mm, sysfs: Any, pmd_none: Any,
                    pmd_in_vma: Any) -> Any:
     """Does a write fault on a not-present page allocate a PMD THP?  __handle_mm_fault():
@@ -257,6 +260,7 @@ def fault_huge_pmd(B: Any, era: Era, f: Flags, mm: Mm, sysfs: Any, pmd_none: Any
                   thp_vma_allowable(B, era, PAGEFAULT, f, mm, sysfs, B.T, B.T))
 
 
+@memo_concrete
 def uffdio_copy_page(B: Any, registered: Any, present: Any, pmd_thp: Any) -> Any:
     """mfill_atomic() for one destination page: errno or 0.  The range must lie in one VMA
     registered with a userfaultfd, in any mode (validate_dst_vma; else ENOENT); a PMD-mapped
