@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import json
 import os
 import random
@@ -204,6 +205,20 @@ def _find(res: ShardResult, shard: Shard, check: Callable, diverging: Callable) 
                              + "# the shrunk scripts no longer diverge\n")
 
 
+@contextlib.contextmanager
+def _rare_gc() -> Iterator[None]:
+    """The model allocates millions of small tuples and keeps ~10^5 in its memo caches, none
+    of them in reference cycles; at the default thresholds the cyclic collector walked them
+    over and over (~10% of a random run's Python time)."""
+    old = gc.get_threshold()
+    gc.set_threshold(50_000, 20, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+
+
+@_rare_gc()
 def run(era: Era, examples: int, seed: int, modes: list[str],
         guard: sysfs.SysfsGuard | None, workers: int | None = None,
         on_shard: Callable[[ShardResult], None] | None = None) -> RandomResult:
@@ -335,6 +350,7 @@ def _result(d: dict) -> ShardResult:
     return ShardResult(**d)
 
 
+@_rare_gc()
 def _worker() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides; it kills us if need be
     for line in sys.stdin:
