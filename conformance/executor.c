@@ -1020,10 +1020,15 @@ static int do_execve(size_t idx)
 		snprintf(path_buf, sizeof(path_buf), "/proc/self/fd/%d", script_fd);
 		path = path_buf;
 	}
-	char resume[32];
+	char resume[32], pfd[32];
 	snprintf(resume, sizeof(resume), "--resume=%zu", idx);
-	char *const args[] = {(char *)argv0, resume, (char *)path, NULL};
+	snprintf(pfd, sizeof(pfd), "--pattern-fd=%d", pattern_fd);
+	/* the new image keeps filling the same pattern file rather than a fresh one */
+	char *const args[] = {(char *)argv0, resume, pattern_fd >= 0 ? pfd : (char *)path,
+			      pattern_fd >= 0 ? (char *)path : NULL, NULL};
 	extern char **environ;
+	if (pattern_fd >= 0)
+		fcntl(pattern_fd, F_SETFD, 0);
 	execve("/proc/self/exe", args, environ);
 	return -errno;
 }
@@ -1405,6 +1410,12 @@ int main(int argc, char **argv)
 		if (*e || resume < 0)
 			usage();
 		i++;
+		if (i < argc && !strncmp(argv[i], "--pattern-fd=", 13)) {
+			pattern_fd = (int)strtol(argv[i] + 13, &e, 10);
+			if (*e || pattern_fd < 0 || fcntl(pattern_fd, F_SETFD, FD_CLOEXEC))
+				usage();
+			i++;
+		}
 	}
 	if (argc - i != 1)
 		usage();
