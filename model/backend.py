@@ -12,6 +12,9 @@ from typing import Any, Callable
 import z3
 
 
+_FIELD_INDEX: dict[type, dict[str, int]] = {}
+
+
 class _Py:
     """Concrete evaluation: plain bools and ints."""
 
@@ -49,11 +52,19 @@ class _Py:
     @staticmethod
     def put(rec: Any, **kw: Any) -> Any:
         """rec._replace(**kw); rec itself when no field changes (most updates of the
-        interpreter's cells change nothing, and building a record costs ~1 us here)."""
+        interpreter's cells change nothing).  NamedTuple._replace costs ~2.5 us here; filling
+        a list by field index and building the tuple from it ~1 us."""
+        t = type(rec)
+        index = _FIELD_INDEX.get(t) or _FIELD_INDEX.setdefault(
+            t, {f: i for i, f in enumerate(t._fields)})
+        out = None
         for k, v in kw.items():
-            if getattr(rec, k) != v:
-                return rec._replace(**kw)
-        return rec
+            i = index[k]
+            if rec[i] != v:
+                if out is None:
+                    out = list(rec)
+                out[i] = v
+        return rec if out is None else tuple.__new__(t, out)
 
     @staticmethod
     def div(x: Any, n: int) -> Any:

@@ -32,8 +32,8 @@ def split(st: State, *pages: int) -> State:
         for c in blk.cells:
             for p in cuts:
                 if c.start < p < c.end:
-                    out.append(c._replace(end=p))
-                    c = c._replace(start=p, brk=False)
+                    out.append(PY.put(c, end=p))
+                    c = PY.put(c, start=p, brk=False)
             out.append(c)
         blocks.append(blk._replace(cells=tuple(out)))
     return st._replace(blocks=tuple(blocks))
@@ -48,7 +48,7 @@ def coalesce(st: State) -> State:
         for c in blk.cells[1:]:
             p = out[-1]
             if not c.brk and p.mapped == c.mapped and p[4:] == c[4:]:
-                out[-1] = p._replace(end=c.end)
+                out[-1] = PY.put(p, end=c.end)
             else:
                 out.append(c)
         if len(out) != len(blk.cells):
