@@ -15,6 +15,7 @@ import pytest
 from vmaflags.conformance import (catalogue, command, driver, host, identify, report,
                                   sequences, sysfs)
 from vmaflags.model import ERAS, parse_script
+from vmaflags.model.syscalls import Script
 
 ERA = ERAS["mmf-except-advised"]
 CAN_RUN = host.no_thp() or host.no_executor()
@@ -199,6 +200,71 @@ def test_executor_rejects_malformed_scripts():
                        capture_output=True, text=True, check=False)
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr == "executor: line 2: unknown step 'frob'\n"
+
+
+def _serve(*scripts: tuple[str, int]) -> subprocess.CompletedProcess:
+    """`executor --serve` fed each (script text, timeout seconds)."""
+    feed = "".join(f"script {len(t.encode())} {secs}\n{t}" for t, secs in scripts)
+    return subprocess.run([driver._executor(None), "--serve"], input=feed, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+@needs_kernel
+def test_serve_starts_every_script_as_a_fresh_process():
+    """The prctl state is per mm and survives fork and execve: a script must not inherit the
+    previous one's, nor its VMAs, nor its khugepaged registration."""
+    first = "arena 1\nprctl_set 1 0 0 0\nmmap 0 2M\nmadvise 0 2M hugepage\n"
+    second = "arena 1\nprctl_get 0 0 0 0\n"
+    p = _serve((first, 10), (second, 10))
+    assert p.returncode == 0 and p.stderr == ""
+    lines = p.stdout.splitlines()
+    assert lines[3] == "end 0" and lines[5] == "end 0", lines
+    assert driver.parse_line(lines[0])[1].get == 1  # prctl_set took effect in the first
+    (label, obs) = driver.parse_line(lines[4])
+    assert label == "1" and obs.ret == 0 and obs.get == 0 and obs.vmas == ()
+
+
+@needs_kernel
+def test_serve_reports_exit_status_and_timeouts():
+    p = _serve(("arena 1\nfrob 1\n", 10), ("arena 1\nkhugepaged 30000\n", 1),
+               ("arena 1\nprctl_get 0 0 0 0\n", 10))
+    assert p.stdout.splitlines() == ["end 2", "end timeout", p.stdout.splitlines()[2], "end 0"]
+    assert p.stderr == "executor: line 2: unknown step 'frob'\n"
+
+
+@needs_kernel
+@pytest.mark.parametrize("feed", ["scrip 5 1\nabcde", "script 5\nabcde", "script 9 1\nabc"])
+def test_serve_rejects_malformed_framing(feed):
+    p = subprocess.run([driver._executor(None), "--serve"], input=feed, capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert p.returncode == 2 and p.stdout == "" and p.stderr.startswith("executor: --serve")
+
+
+@needs_kernel
+def test_driver_survives_a_failed_script():
+    """A script the executor rejects is an ExecutorError naming the reason; the server is
+    replaced and the next script runs."""
+    bad = Script((), 0)  # arena 0: the executor refuses it
+    with pytest.raises(driver.ExecutorError, match="executor exited 2: executor: "):
+        driver.run_kernel(bad)
+    trace = driver.run_kernel(parse_script("arena 1\nmmap 0 2M\n"))
+    assert [label for label, _ in trace] == ["1"] and trace[0][1].ret == 0
+
+
+@needs_kernel
+def test_random_run_does_not_count_empty_scripts():
+    """hypothesis starts a shard with all-zero bytes, which decode to empty scripts: neither
+    run nor counted as checked sequences."""
+    r = sequences.run_shard(ERA.id, sequences.Shard(0, 3, sysfs.read("enabled"), 1, 8))
+    assert r.examples == 8 and r.transitions >= 8 and not r.error
+
+
+def test_shard_sizes_cover_the_examples_and_shorten_at_the_end():
+    for n in (0, 1, 7, 8, 97, 2000):
+        sizes = sequences.shard_sizes(n)
+        assert sum(sizes) == n and all(0 < k <= sequences.SHARD for k in sizes)
+    sizes = sequences.shard_sizes(2000)
+    assert sizes[0] == sequences.SHARD and sizes[-1] <= sequences.BATCH
 
 
 KTAP_LINE = re.compile(r"^(ok|not ok) (\d+) (\S+)( # (SKIP \S.*|\S.*))?$")
