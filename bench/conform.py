@@ -2,8 +2,9 @@
 
 1. bare: a static C loop that alternates MADV_HUGEPAGE / MADV_NOHUGEPAGE on 2 MiB and reads
    /proc/self/smaps after each call (one iteration = the cheapest possible checked step);
-2. conformance: random sequences (conformance/sequences.py), every step run on the kernel by
-   the executor and through the model and compared; live sysfs mode only (no root needed);
+2. conformance: random sequences (conformance/sequences.py; as many as `vmaflags conform`
+   draws by default), every step run on the kernel by the executor and through the model and
+   compared; live sysfs mode only (no root needed);
 3. bare again, so that a change in machine load during the run shows.
 As root it holds the sysfs guard's lock, so no other conformance run switches THP modes meanwhile.
 
@@ -29,6 +30,7 @@ from hypothesis import Phase, find, settings
 from hypothesis.errors import NoSuchExample
 
 from vmaflags.conformance import driver, sequences, sysfs
+from vmaflags.conformance.command import DEFAULT_EXAMPLES
 from vmaflags.conformance.strategies import coded_scripts
 from vmaflags.model import ERAS, concrete, parse_script
 
@@ -121,7 +123,7 @@ def cpu_scaling() -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("examples", nargs="?", type=int, default=1000)
+    ap.add_argument("examples", nargs="?", type=int, default=DEFAULT_EXAMPLES)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--era", default="mmf-except-advised")
