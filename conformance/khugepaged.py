@@ -6,6 +6,8 @@ which the re-run absorbs.  But when khugepaged's mm list is empty, registering a
 once (`__khugepaged_enter`: `wakeup = list_empty(&khugepaged_scan.mm_head)`), so the collapse
 lands right between the registering step and its observation, every time.  A keeper process
 with a registered mm of its own keeps the list non-empty for the duration of a run.
+`executor --serve` forks such a keeper too (see executor.c serve_keeper), for the server's
+life; this one is for scripts that switch THP modes, started under `always`.
 """
 from __future__ import annotations
 
