@@ -91,9 +91,15 @@ class Executor:
     starts as a freshly executed process would (the server never maps the arena or changes THP
     state; prctl state is per mm and survives fork and execve, so no script may inherit
     another's).  Cheaper than a fork+exec of this (large) Python process per script.  Scripts
-    are pipelined: submit several, then collect their traces in order."""
+    are pipelined: submit several, then collect their traces in order.
+
+    The server reads a script only once the one before it has finished, so scripts queued
+    behind the running one sit in the pipe.  Keeping them under PENDING bytes (less than a
+    pipe holds) means a submit never blocks, so we are never stuck writing while the running
+    script is stuck writing output that we would read next."""
 
     GRACE = 30.0  # seconds past a script's own timeout (enforced by the server) before we give up
+    PENDING = 32 << 10
 
     def __init__(self, clr_hugepage: int | None) -> None:
         self.proc = subprocess.Popen([_executor(clr_hugepage), "--serve"], stdin=subprocess.PIPE,
@@ -101,15 +107,21 @@ class Executor:
         self.out = self.proc.stdout.fileno()  # type: ignore[union-attr]
         os.set_blocking(self.proc.stderr.fileno(), False)  # type: ignore[union-attr]
         self.buf = b""
-        self.timeouts: collections.deque[float] = collections.deque()
+        self.queued: collections.deque[tuple[float, int]] = collections.deque()  # timeout, size
+
+    def room(self, script: Script) -> bool:
+        """Whether `script` can be submitted now without risking a blocked write."""
+        return not self.queued or (sum(n for _, n in self.queued) + len(script_bytes(script))
+                                   <= self.PENDING)
 
     def submit(self, script: Script, timeout: float = 60) -> None:
         body = script_bytes(script)
+        data = b"script %d %d\n" % (len(body), math.ceil(timeout)) + body
         try:
-            self.proc.stdin.write(b"script %d %d\n" % (len(body), math.ceil(timeout)) + body)
+            self.proc.stdin.write(data)  # type: ignore[union-attr]
         except BrokenPipeError:
             raise ExecutorError(f"executor --serve died: {self._stderr()}") from None
-        self.timeouts.append(timeout)
+        self.queued.append((timeout, len(data)))
 
     def collect(self) -> Trace:
         """The trace of the oldest submitted script not collected yet."""
@@ -117,7 +129,7 @@ class Executor:
             self.proc.stdin.flush()  # type: ignore[union-attr]
         except BrokenPipeError:
             raise ExecutorError(f"executor --serve died: {self._stderr()}") from None
-        deadline = time.monotonic() + self.timeouts.popleft() + self.GRACE
+        deadline = time.monotonic() + self.queued.popleft()[0] + self.GRACE
         while (end := self._end()) is None:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([self.out], [], [], left)[0]:
@@ -295,12 +307,14 @@ def check(era: Era, script: Script, sysfs: int, timeout: float = 60) -> Checked:
 
 def check_many(era: Era, scripts: list[Script], sysfs: int, timeout: float = 60
                ) -> list[Checked]:
-    """Several scripts, each in a fresh executor child, all submitted before the model runs."""
-    out = []
+    """Several scripts, each in a fresh executor child, submitted ahead of the model (as many as
+    Executor.room allows)."""
+    out, sent = [], 0
     with executor(clr_number(era)) as ex:
-        for s in scripts:
-            ex.submit(s, timeout)
         for script in scripts:
+            while sent < len(scripts) and ex.room(scripts[sent]):
+                ex.submit(scripts[sent], timeout)
+                sent += 1
             model = run_model(era, script, sysfs)
             kernel = ex.collect()
             d = compare(script, model, kernel)

@@ -9,6 +9,7 @@ import platform
 import re
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -249,6 +250,21 @@ def test_driver_survives_a_failed_script():
         driver.run_kernel(bad)
     trace = driver.run_kernel(parse_script("arena 1\nmmap 0 2M\n"))
     assert [label for label, _ in trace] == ["1"] and trace[0][1].ret == 0
+
+
+@needs_kernel
+def test_pipelined_scripts_cannot_deadlock_the_pipes():
+    """More script text than a pipe holds, and more output: written all at once, we would block
+    on a full stdin while the running script blocks on a full stdout that we read next."""
+    script = parse_script("arena 1\n" + "prctl_get 0 0 0 0\n" * 300)
+    done: list = []
+    t = threading.Thread(target=lambda: done.append(
+        driver.check_many(ERA, [script] * 30, host.live_mode())), daemon=True)
+    t.start()
+    t.join(120)
+    if t.is_alive():
+        driver._servers.pop(None).proc.kill()
+    assert done and [c.transitions for c in done[0]] == [300] * 30
 
 
 @needs_kernel
