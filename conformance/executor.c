@@ -1381,6 +1381,8 @@ static int serve(void)
 			_exit(run_script(-1));
 		}
 		free(text);
+		if (pid < 0)
+			write_all(2, "executor: --serve: fork failed\n", 31);
 		char m[32];
 		int status = pid < 0 ? 1 : serve_wait(pid, secs);
 		int k = status < 0 ? snprintf(m, sizeof(m), "end timeout\n")
