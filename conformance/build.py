@@ -2,8 +2,9 @@
 
 `executor_path()` compiles with the system `cc -static-pie -O2` (or `-static`) on first use and
 keeps the result in ~/.cache/vmaflags/executor-<hash>, where <hash> covers the source and the
-compiler flags, so a changed source or a different MADV_CLR_HUGEPAGE number gets its own binary.  Builds go to a
-temporary file and are renamed into place, so parallel callers never see a half-written binary.
+compiler flags, so a changed source or a different MADV_CLR_HUGEPAGE number gets its own
+binary.  Builds go to a temporary file and are renamed into place, so parallel callers never
+see a half-written binary.
 """
 from __future__ import annotations
 

@@ -129,7 +129,8 @@ class Executor:
             self.proc.stdin.flush()  # type: ignore[union-attr]
         except BrokenPipeError:
             raise ExecutorError(f"executor --serve died: {self._stderr()}") from None
-        deadline = time.monotonic() + self.queued.popleft()[0] + self.GRACE
+        timeout = self.queued.popleft()[0]
+        deadline = time.monotonic() + timeout + self.GRACE
         while (end := self._end()) is None:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([self.out], [], [], left)[0]:
@@ -143,7 +144,7 @@ class Executor:
         at, nl = end
         body, status, self.buf = self.buf[:at], self.buf[at + 4:nl], self.buf[nl + 1:]
         if status == b"timeout":
-            raise ExecutorError("executor timed out")
+            raise ExecutorError(f"executor timed out after {timeout:g} s")
         if status != b"0":
             raise ExecutorError(f"executor exited {status.decode()}: {self._stderr()}")
         try:

@@ -1254,7 +1254,7 @@ static int run_script(long resume)
 	return 0;
 }
 
-/* ---- --serve: one fresh child per script ------------------------------------------------------ */
+/* ---- --serve: one fresh child per script ----------------------------------------------------- */
 static char in_buf[1 << 16];
 static size_t in_n, in_p;
 

@@ -1,5 +1,6 @@
 """Model-based random testing: hypothesis draws syscall sequences (strategies.coded_scripts), each
-runs in a fresh executor process and through the model, and a divergence is shrunk to a minimal script.
+runs in a fresh executor process and through the model, and a divergence is shrunk to a minimal
+script.
 
 The run is cut into shards (shard_sizes), each a `hypothesis.find` with its own seed derived
 from the run's seed, sysfs mode and arena size; so `--seed S --examples N` draws the same scripts
