@@ -5,6 +5,7 @@ pages at block edges) so that splits, merges and THP fits happen often.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from hypothesis import strategies as st
@@ -71,6 +72,7 @@ def scripts(blocks: int = 2, max_steps: int = 12, exec_fork: bool = True
 # simple to unusual, so shrinking (which deletes bytes and lowers them towards 0) still ends at
 # a short script of simple steps.
 
+@functools.cache
 def range_table(blocks: int) -> tuple[tuple[int, int], ...]:
     """(offset, length) pairs that exercise PMD edges, partial blocks and argument checks."""
     n, P, H = blocks, PAGE, PMD // 2
