@@ -110,7 +110,7 @@ def regroup(B: Any, st: State, cs: list[Cell], thp: list[Any], ptable: list[Any]
         blocks.append(B.put(b, thp=thp[k], ptable=ptable[k], cow=B.and_(b.cow, ptable[k]),
                             cells=tuple(cs[i:i + m])))
         i += m
-    return st._replace(blocks=tuple(blocks))
+    return B.put(st, blocks=tuple(blocks))
 
 
 def split_thps(B: Any, st: State) -> State:
@@ -124,4 +124,4 @@ def split_thps(B: Any, st: State) -> State:
         one = in_one_vma(B, b.cells)
         blocks.append(B.put(b, thp=B.and_(b.thp, one),
                             ptable=B.or_(b.ptable, B.and_(b.thp, B.not_(one)))))
-    return st._replace(blocks=tuple(blocks))
+    return B.put(st, blocks=tuple(blocks))

@@ -35,8 +35,8 @@ def split(st: State, *pages: int) -> State:
                     out.append(PY.put(c, end=p))
                     c = PY.put(c, start=p, brk=False)
             out.append(c)
-        blocks.append(blk._replace(cells=tuple(out)))
-    return st._replace(blocks=tuple(blocks))
+        blocks.append(PY.put(blk, cells=tuple(out)))
+    return PY.put(st, blocks=tuple(blocks))
 
 
 def coalesce(st: State) -> State:
@@ -52,9 +52,9 @@ def coalesce(st: State) -> State:
             else:
                 out.append(c)
         if len(out) != len(blk.cells):
-            blk, changed = blk._replace(cells=tuple(out)), True
+            blk, changed = PY.put(blk, cells=tuple(out)), True
         blocks.append(blk)
-    return st._replace(blocks=tuple(blocks)) if changed else st
+    return PY.put(st, blocks=tuple(blocks)) if changed else st
 
 
 class Result(NamedTuple):

@@ -47,10 +47,10 @@ def prctl_set_thp_disable(B: Any, era: Era, mm: Mm, a2: Any, a3: Any, a4: Any, a
         einval = B.or_(B.not_(a3 == 0), B.not_(a4 == 0), B.not_(a5 == 0))
         if era.def_flags:
             # 3.15-4.12: me->mm->def_flags |= VM_NOHUGEPAGE (or &= ~), a template for new VMAs.
-            new = mm._replace(def_nh=disable)
+            new = B.put(mm, def_nh=disable)
         else:
             # 4.13-6.17: set_bit/clear_bit(MMF_DISABLE_THP, &me->mm->flags).
-            new = mm._replace(disable=disable)
+            new = B.put(mm, disable=disable)
     return B.ite(einval, -EINVAL, 0), _mm_ite(B, einval, mm, new)
 
 
@@ -118,11 +118,11 @@ def hugepage_madvise(B: Any, era: Era, f: Flags, advice: int) -> tuple[Flags, An
     mm/huge_memory.c).  s390 KVM's silent no-op for MADV_HUGEPAGE is not modelled."""
     if is_clr_hugepage(era, advice):
         # MADV_CLR_HUGEPAGE (Rapoport 2017, kernel-patch/): *vm_flags &= ~(VM_HUGEPAGE|VM_NOHUGEPAGE)
-        return f._replace(hg=B.F, nh=B.F), 0
+        return B.put(f, hg=B.F, nh=B.F), 0
     hg = advice == MADV_HUGEPAGE
     already = f.hg if hg else f.nh
     err = B.ite(already, -EINVAL, 0) if era.madv_same_advice_einval else 0
-    return f._replace(hg=B.T if hg else B.F, nh=B.F if hg else B.T), err
+    return B.put(f, hg=B.T if hg else B.F, nh=B.F if hg else B.T), err
 
 
 # --- eligibility (include/linux/huge_mm.h, mm/huge_memory.c) ------------------------------------

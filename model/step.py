@@ -71,7 +71,7 @@ def mmap(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
           for c, m in zip(old, mod)]
     cs = arena.remerge(B, era, cs, mod)
     st2 = arena.regroup(B, st, cs, thp, ptable)
-    return 0, st2._replace(mm=st2.mm._replace(registered=_register(B, era, st2, cs, mod)))
+    return 0, B.put(st2, mm=B.put(st2.mm, registered=_register(B, era, st2, cs, mod)))
 
 
 def munmap(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
@@ -118,7 +118,7 @@ def madvise(B: Any, era: Era, st: State, a: Any, b: Any, advice: int) -> tuple[A
     # khugepaged_enter_vma() for VM_HUGEPAGE: after a change, or on every MADV_HUGEPAGE
     entered = advised if era.hugepage_madvise_registers else mod
     hg_set = [B.and_(m, c.hg) for m, c in zip(entered, cs)]
-    return ret, st2._replace(mm=st2.mm._replace(registered=_register(B, era, st2, cs, hg_set)))
+    return ret, B.put(st2, mm=B.put(st2.mm, registered=_register(B, era, st2, cs, hg_set)))
 
 
 def madvise_collapse(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
@@ -172,7 +172,7 @@ def madvise_collapse(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, 
             blk, thp=B.or_(blk.thp, done), ptable=B.and_(blk.ptable, B.not_(done)),
             cow=B.and_(blk.cow, B.not_(done)),
             cells=tuple(B.put(c, pop=B.or_(c.pop, done)) for c in blk.cells)))
-    return ret, st._replace(blocks=tuple(blocks))
+    return ret, B.put(st, blocks=tuple(blocks))
 
 
 def touch(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
@@ -209,7 +209,7 @@ def touch(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
         # a PTE fault allocates the page table before it finds VM_UFFD_MISSING (SIGBUS);
         # the THP path hands the fault over with the PMD still none
         sigbus_pte = B.or_(*(B.and_(bus[i], B.not_(B.and_(
-            pmd_none, rules.fault_huge_pmd(B, era, old[i].flags._replace(um=B.F), st.mm,
+            pmd_none, rules.fault_huge_pmd(B, era, B.put(old[i].flags, um=B.F), st.mm,
                                            st.sysfs, B.T, one))))
             for i in mine if not B.is_false(bus[i])))
         # a write to a present page (or into a THP) takes no fault; a new PTE needs the table
@@ -222,15 +222,15 @@ def touch(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
     # vmf_anon_prepare() runs before the uffd check: a SIGBUS write also gets an anon_vma
     wrote = [B.or_(eff[i], bus[i], thp_fault[blk_of[i]]) for i in range(len(old))]
     cs, next_av = _anon_vma_prepare(B, cs, wrote, st.next_av)
-    st2 = arena.regroup(B, st, cs, thp, ptable)._replace(next_av=next_av)
+    st2 = B.put(arena.regroup(B, st, cs, thp, ptable), next_av=next_av)
     # a write makes its PTE writable (a new page, or wp_page_reuse of an exclusive COW page)
-    st2 = st2._replace(blocks=tuple(
+    st2 = B.put(st2, blocks=tuple(
         B.put(blk, cow=B.and_(blk.cow, *(B.not_(eff[i]) for i in
                                         range(first[k], first[k] + len(blk.cells)))))
         for k, blk in enumerate(st2.blocks)))
     fault_cells = [thp_fault[blk_of[i]] for i in range(len(old))]
-    return ret, st2._replace(mm=st2.mm._replace(
-        registered=_register(B, era, st2, cs, fault_cells)))
+    registered = _register(B, era, st2, cs, fault_cells)
+    return ret, B.put(st2, mm=B.put(st2.mm, registered=registered))
 
 
 def _anon_vma_prepare(B: Any, cs: list[Cell], wrote: list[Any], next_av: Any
@@ -363,11 +363,11 @@ def uffd_copy(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
     ptable = [B.or_(blk.ptable, *(copied[first[k] + j] for j in range(len(blk.cells))))
               for k, blk in enumerate(st.blocks)]
     st2 = arena.regroup(B, st, cs, [bl.thp for bl in st.blocks], ptable)
-    st2 = st2._replace(blocks=tuple(
+    st2 = B.put(st2, blocks=tuple(
         B.put(blk, cow=B.and_(blk.cow, *(B.not_(copied[first[k] + j])
                                         for j in range(len(blk.cells)))))
         for k, blk in enumerate(st2.blocks)))
-    return ret, st2._replace(next_av=next_av)
+    return ret, B.put(st2, next_av=next_av)
 
 
 def khugepaged(B: Any, era: Era, st: State) -> tuple[Any, State]:
@@ -391,13 +391,13 @@ def khugepaged(B: Any, era: Era, st: State) -> tuple[Any, State]:
             blk, thp=B.or_(blk.thp, done), ptable=B.and_(blk.ptable, B.not_(done)),
             cow=B.and_(blk.cow, B.not_(done)),
             cells=tuple(B.put(c, pop=B.or_(c.pop, done)) for c in blk.cells)))
-    return 0, st._replace(blocks=tuple(blocks))
+    return 0, B.put(st, blocks=tuple(blocks))
 
 
 def prctl_set(B: Any, era: Era, st: State, a2: Any, a3: Any, a4: Any, a5: Any
               ) -> tuple[Any, State]:
     ret, mm = rules.prctl_set_thp_disable(B, era, st.mm, a2, a3, a4, a5)
-    return ret, st._replace(mm=mm)
+    return ret, B.put(st, mm=mm)
 
 
 def prctl_get(B: Any, era: Era, st: State, a2: Any, a3: Any, a4: Any, a5: Any
@@ -410,14 +410,16 @@ def fork(B: Any, era: Era, st: State) -> tuple[State, State]:
     (dup_mmap copies VMA by VMA without merging; copy_huge_pmd) but lose uffd flags; its mm
     comes from rules.mm_init.  Both sides' present PTEs become write-protected for COW
     (copy_present_pte), and stay so in the parent until written."""
-    st = st._replace(blocks=tuple(
+    st = B.put(st, blocks=tuple(
         B.put(blk, cow=B.or_(blk.cow, B.and_(blk.ptable, B.or_(*(c.pop for c in blk.cells)))))
         for blk in st.blocks))
-    child = st._replace(
-        blocks=tuple(blk._replace(cells=tuple(
-            c._replace(**rules.dup_userfaultfd(B, c.flags)._asdict()) for c in blk.cells))
-            for blk in st.blocks),
-        mm=rules.mm_init(B, era, st.mm, fork=True))
+    def dup(c: Cell) -> Cell:
+        f = rules.dup_userfaultfd(B, c.flags)
+        return B.put(c, hg=f.hg, nh=f.nh, um=f.um, uw=f.uw)
+
+    child = B.put(st, blocks=tuple(B.put(blk, cells=tuple(map(dup, blk.cells)))
+                                   for blk in st.blocks),
+                  mm=rules.mm_init(B, era, st.mm, fork=True))
     return st, child
 
 
@@ -426,7 +428,7 @@ def execve(B: Any, era: Era, st: State) -> State:
     their bounds, so a symbolic state keeps its shape)."""
     blocks = tuple(Block(B.F, B.F, B.F, tuple(hole(c.start, c.end) for c in blk.cells))
                    for blk in st.blocks)
-    return st._replace(blocks=blocks, mm=rules.mm_init(B, era, st.mm, fork=False))
+    return B.put(st, blocks=blocks, mm=rules.mm_init(B, era, st.mm, fork=False))
 def transition(B: Any, era: Era, st: State, sc: Syscall, args: tuple[Any, ...]
                ) -> tuple[Any, State, State | None]:
     """Dispatch one syscall: (return value, new state, fork child or None).  `sc` gives the kind
@@ -439,7 +441,7 @@ def transition(B: Any, era: Era, st: State, sc: Syscall, args: tuple[Any, ...]
     if t is Execve:
         return 0, execve(B, era, st), None
     if t is Sysfs:
-        return 0, st._replace(sysfs=args[0]), None
+        return 0, B.put(st, sysfs=args[0]), None
     if t is Khugepaged:
         return (*khugepaged(B, era, st), None)
     if t is UffdClose:
