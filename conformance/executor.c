@@ -1258,7 +1258,7 @@ static int run_script(long resume)
 static char in_buf[1 << 16];
 static size_t in_n, in_p;
 
-/* Exactly n bytes of standard input into dst (NULL: into in_buf's line); 0 at a clean EOF. */
+/* Exactly n bytes of standard input into dst: 1, or 0 if it ends first. */
 static int serve_read(char *dst, size_t n)
 {
 	while (n) {
@@ -1318,11 +1318,20 @@ static int serve_wait(pid_t pid, uint64_t secs)
  * its observation, while the model collapses only at `khugepaged` steps.  Best effort: under
  * enabled=never nothing registers, and khugepaged does not run either.
  */
+/* In a child of the server: die with it (also if it died before we asked). */
+static void serve_child(pid_t server)
+{
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (getppid() != server)
+		_exit(1);
+}
+
 static void serve_keeper(void)
 {
+	pid_t server = getpid();
 	if (fork() != 0)
 		return;
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	serve_child(server);
 	for (int fd = 0; fd < 3; fd++) /* the caller's pipes reach EOF with the server alone */
 		close(fd);
 	char *p = mmap(NULL, 2 * PMD_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
@@ -1371,10 +1380,10 @@ static int serve(void)
 			return 2;
 		}
 		text[len] = 0;
-		pid_t pid = fork();
+		pid_t server = getpid(), pid = fork();
 		if (pid == 0) {
 			sigprocmask(SIG_SETMASK, &old, NULL);
-			prctl(PR_SET_PDEATHSIG, SIGKILL); /* a killed server takes its child along */
+			serve_child(server);
 			script_text = text;
 			script_len = len;
 			script_arg = "-";
