@@ -1326,11 +1326,11 @@ static void serve_child(pid_t server)
 		_exit(1);
 }
 
-static void serve_keeper(void)
+static pid_t serve_keeper(void)
 {
-	pid_t server = getpid();
-	if (fork() != 0)
-		return;
+	pid_t server = getpid(), pid = fork();
+	if (pid != 0)
+		return pid;
 	serve_child(server);
 	for (int fd = 0; fd < 3; fd++) /* the caller's pipes reach EOF with the server alone */
 		close(fd);
@@ -1359,25 +1359,28 @@ static int serve(void)
 	sigaddset(&chld, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &chld, &old);
 	pattern_open(); /* shared by the children; without it each makes its own */
-	serve_keeper();
+	pid_t keeper = serve_keeper();
+	int rc = 0;
 	for (;;) {
 		char line[64];
 		size_t n = 0;
 		while (n < sizeof(line) - 1 && serve_read(line + n, 1) && line[n] != '\n')
 			n++;
 		if (n == 0)
-			return 0;
+			break;
 		line[n] = 0;
 		unsigned long len, secs;
 		char tail;
 		if (sscanf(line, "script %lu %lu%c", &len, &secs, &tail) != 2 || len > (1UL << 30)) {
 			write_all(2, "executor: --serve wants \"script <bytes> <seconds>\" lines\n", 57);
-			return 2;
+			rc = 2;
+			break;
 		}
 		char *text = malloc(len + 1);
 		if (!text || !serve_read(text, len)) {
 			write_all(2, "executor: --serve: a script was cut short\n", 42);
-			return 2;
+			rc = 2;
+			break;
 		}
 		text[len] = 0;
 		pid_t server = getpid(), pid = fork();
@@ -1398,6 +1401,11 @@ static int serve(void)
 				   : snprintf(m, sizeof(m), "end %d\n", status);
 		write_all(1, m, k);
 	}
+	if (keeper > 0) { /* gone by the time the caller has waited for the server */
+		kill(keeper, SIGKILL);
+		waitpid(keeper, NULL, 0);
+	}
+	return rc;
 }
 
 int main(int argc, char **argv)
