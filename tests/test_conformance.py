@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -239,6 +240,23 @@ def test_serve_rejects_malformed_framing(feed):
     p = subprocess.run([driver._executor(None), "--serve"], input=feed, capture_output=True,
                        text=True, timeout=60, check=False)
     assert p.returncode == 2 and p.stdout == "" and p.stderr.startswith("executor: --serve")
+
+
+@needs_kernel
+def test_serve_takes_its_khugepaged_keeper_along():
+    """The server forks a keeper (a registered mm of its own) and reaps it before it exits."""
+    p = subprocess.Popen([driver._executor(None), "--serve"], stdin=subprocess.PIPE,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children = f"/proc/{p.pid}/task/{p.pid}/children"
+    for _ in range(200):
+        kids = open(children).read().split()
+        if kids:
+            break
+        time.sleep(0.01)
+    assert len(kids) == 1
+    assert "hg" in open(f"/proc/{kids[0]}/smaps").read()  # MADV_HUGEPAGE on its 2 MiB
+    p.communicate(b"nonsense\n", timeout=30)
+    assert p.returncode == 2 and not os.path.exists(f"/proc/{kids[0]}")
 
 
 @needs_kernel
