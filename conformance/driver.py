@@ -167,8 +167,10 @@ class Executor:
             return ""
 
     def close(self, kill: bool = True) -> None:
-        """Kill the server, or (kill=False) let it finish its scripts and exit."""
-        if kill:
+        """Kill the server, or (kill=False) let it see the end of its input and exit; killed
+        all the same if a submitted script was not collected (its output could fill the pipe
+        that nobody reads any more)."""
+        if kill or self.queued:
             self.proc.kill()
         with contextlib.suppress(BrokenPipeError):
             self.proc.stdin.close()  # type: ignore[union-attr]
