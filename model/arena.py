@@ -102,6 +102,26 @@ def remerge(B: Any, era: Any, cs: list[Cell], mod: list[Any]) -> list[Cell]:
     return [B.put(c, av=final[i]) for i, c in enumerate(out)]
 
 
+def merges(B: Any, old: list[Cell], new: list[Cell], mod: list[Any], new_range: bool = False
+           ) -> list[Any]:
+    """Per cell: a merge joined it to the cell before it -- one VMA now, though before the
+    operation they were not one piece of one VMA (the changed cells of a VMA form one piece;
+    with `new_range`, mmap's, all changed cells form the new VMA).  remerge() only drops
+    boundaries next to a changed cell, so a merge always involves one.  Each is a successful
+    vma_merge() / vma_merge_*_range(), which calls khugepaged_enter_vma() on the merged VMA;
+    later merges in the same walk only grow that VMA, so the final one decides."""
+    out = [B.F]
+    for k in range(1, len(new)):
+        if B.is_false(B.or_(mod[k - 1], mod[k])):
+            out.append(B.F)
+            continue
+        now = B.and_(new[k].mapped, new[k - 1].mapped, B.not_(new[k].brk))
+        was = B.and_(old[k].mapped, old[k - 1].mapped, B.not_(old[k].brk))
+        piece = B.and_(mod[k - 1], mod[k], B.T if new_range else was)
+        out.append(B.and_(now, B.not_(piece)))
+    return out
+
+
 def regroup(B: Any, st: State, cs: list[Cell], thp: list[Any], ptable: list[Any]) -> State:
     """Put a flat cell list back into st's block shape (a freed PTE table is no longer COW)."""
     blocks, i = [], 0

@@ -44,11 +44,14 @@ class Era:
     # < 6.18: khugepaged and MADV_COLLAPSE need a writable PTE in the PMD (SCAN_PAGE_RO); removed
     # by "mm: Enable khugepaged to operate on non-writable VMAs" (Sept 2025).
     collapse_needs_writable: bool = True
-    # MADV_HUGEPAGE puts the mm on khugepaged's list even when the VMA already had hg: 4.x
-    # (khugepaged_enter_vma_merge) and 6.1 (khugepaged_enter_vma) call it from hugepage_madvise()
-    # before the "flags unchanged" return; Debian's 6.12 only after a change (madvise_update_vma);
-    # 6.18 again on every call (seen on the 6.18 host, conformance/DIVERGENCES.md 1).  The
-    # releases where it moved are not pinned.
+    # MADV_HUGEPAGE: where khugepaged_enter_vma() is called (rules.khugepaged_enter_vma).
+    # True: hugepage_madvise() calls it before madvise_update_vma(), on the VMA before the
+    # split and also when the flags do not change -- 4.x (khugepaged_enter_vma_merge), Debian
+    # 6.1.192, the mm tree of Jan 2025 (6.14 cycle: "@@ -383,6 +376,21 @@ int
+    # hugepage_madvise" context of a posted patch), Sept 2025 (BPF-THP review) and 6.18 (this
+    # host: scenarios khugepaged-madvise-again, khugepaged-madvise-subrange).  False: Debian
+    # 6.12.117 calls it from madvise_update_vma() on the piece, after an actual change.  Other
+    # 6.2-6.13 releases are not checked; only 6.12 is set False.
     hugepage_madvise_registers: bool = True
 
     def at(self, kernel: str) -> Era:
@@ -63,7 +66,7 @@ class Era:
             thp_enabled_status=v >= (5, 0),
             anon_merge_into_unfaulted=v >= (6, 16),
             collapse_needs_writable=v < (6, 18),
-            hugepage_madvise_registers=not (6, 12) <= v < (6, 18),
+            hugepage_madvise_registers=v != (6, 12),
         )
 
     @property
