@@ -39,12 +39,32 @@ def _enter(B: Any, era: Era, st: State, cs: list[Cell], which: list[Any],
     """khugepaged_enter_vma() (rules.khugepaged_enter_vma, which lists the call sites) on the
     VMA of each cell marked in `which`, as the cells `cs` lay it out, with `flags` per cell
     (default: the cell's own): one term per call that may register the mm."""
-    if all(B.is_false(w) for w in which):
+    if B.is_true(st.mm.registered):
+        return []  # the bit is never cleared: nothing left to decide
+    calls = []
+    for i, (c, w) in enumerate(zip(cs, which)):
+        if B.is_false(w):
+            continue
+        f = c.flags if flags is None else flags[i]
+        # the VMA's extent matters only if the rest allows (the answer is monotonic in it)
+        if not B.is_false(rules.khugepaged_enter_vma(B, era, f, st.mm, st.sysfs,
+                                                      B.not_(c.av == 0), B.T)):
+            calls.append((i, c, w, f))
+    if not calls:
         return []
     views = arena.vma_views(B, cs)
-    return [B.and_(w, rules.khugepaged_enter_vma(B, era, c.flags if flags is None else flags[i],
-                                                  st.mm, st.sysfs, B.not_(c.av == 0), v.fits))
-            for i, (c, v, w) in enumerate(zip(cs, views, which)) if not B.is_false(w)]
+    return [B.and_(w, rules.khugepaged_enter_vma(B, era, f, st.mm, st.sysfs, B.not_(c.av == 0),
+                                                  views[i].fits))
+            for i, c, w, f in calls]
+
+
+def _enter_merges(B: Any, era: Era, st: State, old: list[Cell], new: list[Cell], mod: list[Any]
+                  ) -> list[Any]:
+    """khugepaged_enter_vma() on every VMA that a merge of the operation produced (vma_merge(),
+    vma_merge_existing_range(): arena.merges)."""
+    if B.is_true(st.mm.registered):
+        return []
+    return _enter(B, era, st, new, arena.merges(B, old, new, mod))
 
 
 def _registered(B: Any, st: State, entered: list[Any]) -> State:
@@ -127,8 +147,7 @@ def madvise(B: Any, era: Era, st: State, a: Any, b: Any, advice: int) -> tuple[A
     cs = arena.remerge(B, era, cs, mod)
     st2 = arena.split_thps(B, arena.regroup(B, st, cs, [bl.thp for bl in st.blocks],
                                             [bl.ptable for bl in st.blocks]))
-    # khugepaged_enter_vma() on every merged VMA (vma_merge(), 6.12+ vma_merge_existing_range())
-    entered = _enter(B, era, st2, cs, arena.merges(B, old, cs, mod))
+    entered = _enter_merges(B, era, st2, old, cs, mod)
     if advice == MADV_HUGEPAGE:
         if era.hugepage_madvise_registers:
             # hugepage_madvise(), before madvise_update_vma(): on every advised VMA as it was
@@ -346,7 +365,7 @@ def _relayout(B: Any, era: Era, st: State, ret: Any, cs: list[Cell], mod: list[A
     old = cells(st)
     mod = [B.and_(ok, m) for m in mod]
     new = arena.remerge(B, era, cs, mod)
-    entered = _enter(B, era, st, new, arena.merges(B, old, new, mod))
+    entered = _enter_merges(B, era, st, old, new, mod)
     cs = [B.select(ok, n, o) for n, o in zip(new, old)]
     st2 = arena.regroup(B, st, cs, [bl.thp for bl in st.blocks],
                         [bl.ptable for bl in st.blocks])
