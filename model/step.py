@@ -97,7 +97,7 @@ def mmap(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
     mod = [_in(B, c, a, b) for c in old]
     cs = [B.select(m, Cell(c.start, c.end, B.T, B.F, f.hg, f.nh, f.um, f.uw, 0, B.F), c)
           for c, m in zip(old, mod)]
-    cs = arena.remerge(B, era, cs, mod)
+    cs = arena.remerge(B, era, cs, mod, "new")
     st2 = arena.regroup(B, st, cs, thp, ptable)
     # khugepaged_enter_vma() on the expanded VMA (6.1 mmap_region() after vma_expand(), 6.12+
     # vma_merge_new_range()), else on the new one, which has no anon_vma and so never registers
@@ -364,7 +364,7 @@ def _relayout(B: Any, era: Era, st: State, ret: Any, cs: list[Cell], mod: list[A
     vma_merge/split_vma); each merge calls khugepaged_enter_vma() on the merged VMA."""
     old = cells(st)
     mod = [B.and_(ok, m) for m in mod]
-    new = arena.remerge(B, era, cs, mod)
+    new = arena.remerge(B, era, cs, mod, "uffd")
     entered = _enter_merges(B, era, st, old, new, mod)
     cs = [B.select(ok, n, o) for n, o in zip(new, old)]
     st2 = arena.regroup(B, st, cs, [bl.thp for bl in st.blocks],
@@ -373,9 +373,9 @@ def _relayout(B: Any, era: Era, st: State, ret: Any, cs: list[Cell], mod: list[A
 
 
 def uffd_copy(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
-    """UFFDIO_COPY into [a, b) (mm/userfaultfd.c mfill_atomic, 6.12): the range must lie in one
-    VMA registered with our uffd, else ENOENT.  Pages are filled in order until one is present
-    or its PMD is a THP (EEXIST).  The ioctl returns 0 when all were copied, the errno when none
+    """UFFDIO_COPY into [a, b) (mm/userfaultfd.c mfill_atomic, 6.12; 6.1 __mcopy_atomic): the
+    range must lie in one VMA registered with our uffd, else ENOENT.  Pages are filled in order
+    until one is present or its PMD is a THP (EEXIST).  The ioctl returns 0 when all were copied, the errno when none
     was, and EAGAIN when only some were (userfaultfd_copy)."""
     old = cells(st)
     first = arena.block_first(st)
@@ -400,8 +400,10 @@ def uffd_copy(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
     ret = B.ite(B.not_(ok), rules.uffdio_copy_page(B, B.F, B.F, B.F),
                 B.ite(err == 0, 0, B.ite(any_copied, -EAGAIN, err)))
     cs = [B.put(c, pop=B.or_(c.pop, copied[i])) for i, c in enumerate(old)]
-    # uffd_mfill_lock() prepares the anon_vma of the VMA holding dst before any other check
-    at_dst = [B.and_(c.mapped, c.start <= a, a < c.end) for c in old]
+    # 6.9+ uffd_mfill_lock() prepares the anon_vma of the VMA holding dst before any other
+    # check; before, __mcopy_atomic() prepares it only once the range is valid
+    at_dst = [B.and_(c.mapped, c.start <= a, a < c.end,
+                     B.T if era.uffd_copy_prepares_anon_first else ok) for c in old]
     cs, next_av = _anon_vma_prepare(B, cs, at_dst, st.next_av)
     ptable = [B.or_(blk.ptable, *(copied[first[k] + j] for j in range(len(blk.cells))))
               for k, blk in enumerate(st.blocks)]

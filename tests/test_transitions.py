@@ -826,6 +826,50 @@ def test_no_merge_different_anon_vmas(era_id):
                              "0x400000-0x600000:nh:0:0")
 
 
+# Debian 6.1.192 in the test VM (conformance/vm/README.md findings 4-6, minimised scripts and
+# the kernel's last line), and 6.12 for contrast.  4: a failed UFFDIO_COPY prepares no
+# anon_vma on 6.1, so the later MADV_COLLAPSE finds none (EINVAL).  5: a uffd range that starts
+# inside its VMA does not merge with the next one on 6.1.  6: a new VMA between an unfaulted
+# prev and a faulted next merges into next only on 6.1.
+@pytest.mark.parametrize("text, want61, want612", [
+    ("arena 2\nmmap 0 4M\nuffd_copy 1M 8K\nmadvise 1M 2M collapse",
+     "ret=-EINVAL get=0 thp=1 vmas=0x0-0x400000:-:0:0",
+     "ret=0 get=0 thp=1 vmas=0x0-0x400000:-:0:0"),
+    ("arena 2\nmmap 0 2M\nuffd_register 2044K 8K missing\nuffd_register 1M 1M missing",
+     "ret=0 get=0 thp=1 vmas=0x0-0x100000:-:0:0,0x100000-0x1ff000:um:0:0,"
+     "0x1ff000-0x200000:um:0:0",
+     "ret=0 get=0 thp=1 vmas=0x0-0x100000:-:0:0,0x100000-0x200000:um:0:0"),
+    ("arena 2\nmmap 0 4M\nmadvise 1M 1M hugepage\ntouch 2044K 8K\nmmap 1M 1M",
+     "ret=0 get=0 thp=1 vmas=0x0-0x100000:-:0:0,0x100000-0x400000:-:0:0",
+     "ret=0 get=0 thp=1 vmas=0x0-0x400000:-:0:0"),
+], ids=["uffd_copy-anon_vma", "uffd-pgoff", "mmap-next-first"])
+def test_debian_61_merge_and_anon_vma_quirks(text, want61, want612):
+    assert lines(E61, text)[-1] == want61
+    assert lines(E612, text)[-1] == want612
+
+
+# 6.1 mmap_region(): prev and next both with other anon_vmas: the new VMA takes next; 6.12's
+# vma_merge_new_range() takes prev.  Same anon_vma on both sides: all three merge in both.
+@pytest.mark.parametrize("era, want", [
+    (E61, "0x0-0x200000:-:0:0,0x200000-0x600000:-:0:0"),
+    (E612, "0x0-0x400000:-:0:0,0x400000-0x600000:-:0:0"),
+])
+def test_mmap_between_two_anon_vmas(era, want):
+    text = "arena 3\nmmap 0 2M\ntouch 0 4K\nmmap 4M 2M\ntouch 4M 4K\nmmap 2M 2M"
+    assert vmas(lines(era, text)[-1]) == want
+
+
+def test_debian_61_era_features():
+    assert (E61.uffd_merge_pgoff, E61.uffd_copy_prepares_anon_first,
+            E61.mmap_merge_prev_first) == (False, False, False)
+    assert (E612.uffd_merge_pgoff, E612.uffd_copy_prepares_anon_first,
+            E612.mmap_merge_prev_first) == (True, True, True)
+    assert [ERAS["mmf"].at(v).uffd_merge_pgoff for v in ("6.3", "6.4")] == [False, True]
+    assert [ERAS["mmf"].at(v).uffd_copy_prepares_anon_first for v in ("6.8", "6.9")] == [
+        False, True]
+    assert [ERAS["mmf"].at(v).mmap_merge_prev_first for v in ("6.11", "6.12")] == [False, True]
+
+
 # --- 10. argument checks and parse errors (SCRIPT.md; kf §2, §4, §6) ------------------------
 
 @pytest.mark.parametrize("era_id", ["def-flags", "mmf", "mmf-except-advised"])
