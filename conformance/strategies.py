@@ -94,6 +94,18 @@ def _few(make: Callable[[int, int], Step]) -> Callable[[int, int], Step]:
     return lambda o, n: make(o, min(n, 2 * PAGE))
 
 
+def _lazy_restore(o: int, n: int) -> tuple[Step, ...]:
+    """CRIU's lazy restore of a range: register it, fill two pages, unregister (the merges
+    that follow register the mm with khugepaged)."""
+    return (UffdRegister(o, n, True, False), UffdCopy(o, min(n, 2 * PAGE)), UffdUnregister(o, n))
+
+
+def _populate_disabled(o: int, n: int) -> tuple[Step, ...]:
+    """Two pages written while THP is disabled for the process: PTE tables that nothing has
+    registered with khugepaged, which a later call site may."""
+    return (PrctlSet(1), Touch(o, min(n, 2 * PAGE)), PrctlSet(0))
+
+
 _KINDS = (  # (step, or a constructor taking a range; weight), in shrink order
     (Mmap, 3), (_few(Touch), 2.4), (lambda o, n: Madvise(o, n, MADV_HUGEPAGE), 2),
     (lambda o, n: Madvise(o, n, MADV_NOHUGEPAGE), 1.5),
@@ -104,16 +116,21 @@ _KINDS = (  # (step, or a constructor taking a range; weight), in shrink order
     (lambda o, n: Madvise(o, n, MADV_CLR_HUGEPAGE), 0.3),
     (lambda o, n: UffdRegister(o, n, False, True), 0.4),
     (lambda o, n: UffdRegister(o, n, True, True), 0.4),
+    (_lazy_restore, 0.5), (_populate_disabled, 0.5),
     (PrctlSet(0, 2), 0.1), (PrctlSet(1, 1), 0.1), (PrctlSet(1, 3), 0.1),
     (PrctlSet(1, 2, 1), 0.1), (PrctlSet(1, 0, 0, 1), 0.1), (PrctlSet(2), 0.1),
-    (PrctlGet(1), 0.1), (PrctlGet(0, 0, 0, 1), 0.1),
+    (PrctlGet(1), 0.1), (PrctlGet(0, 1), 0.1), (PrctlGet(0, 0, 1), 0.1),
+    (PrctlGet(0, 0, 0, 1), 0.1),
 )
 
 
-# Steps that act on the whole machine: only for scripts run one at a time under the sysfs guard.
-# Two full scans take ~30 ms with the fast tuning; a wait under `never` (khugepaged stopped)
-# always runs to its end and leaves the script inconclusive, so it is kept short.
-_MACHINE = ((Sysfs(0), 0.4), (Sysfs(1), 0.4), (Sysfs(2), 0.3), (Khugepaged(500), 0.6))
+# Steps that act on the whole machine: only for scripts run one at a time under the sysfs guard
+# (sequences.py, machine shards).  Two full scans take ~20-30 ms with the fast tuning.  No
+# `sysfs never`: leaving `never` restarts khugepaged, which scans at once (start_stop_khugepaged
+# -> kthread_run), between a step and its observation, which the model cannot tell; and under
+# `never` a khugepaged wait runs to its end and leaves the script inconclusive.  The normal
+# shards and the scenarios (sysfs-switch) cover `never`.
+_MACHINE = ((Sysfs(0), 0.4), (Sysfs(1), 0.4), (Khugepaged(2000), 0.6))
 
 
 def kind_table(exec_fork: bool = True, machine: bool = False) -> tuple:
@@ -142,15 +159,31 @@ def decode(kinds: tuple, blocks: int, data: bytes) -> Script:
             continue
         off, ln = rt[(data[i] if i < len(data) else 0) % len(rt)]
         i += 1
-        steps.append(k(off, ln))
+        made = k(off, ln)
+        steps += made if isinstance(made, tuple) else [made]
     return Script(tuple(steps), blocks)
+
+
+def machine_script(kinds: tuple, blocks: int, data: bytes) -> Script:
+    """A script that ends with a `khugepaged` step, so that whatever the body registered with
+    khugepaged and left collapsible is seen collapsing.  The first byte picks the mode it
+    starts in (always or madvise: a shard may start under `never`, and the switch away from it
+    is safe while the arena is empty); a `khugepaged` step then waits for two full scans, so
+    the body runs in the quiet ~10 ms after one instead of racing the next (khugepaged collapses
+    only while it scans, and the model only at `khugepaged` steps)."""
+    body = decode(kinds, blocks, data[1:]).steps if data else ()
+    start = Sysfs(data[0] % 2 if data else 1)
+    return Script((start, _MACHINE[2][0], *body, _MACHINE[2][0]), blocks)
 
 
 def coded_scripts(blocks: int = 2, min_bytes: int = 32, max_bytes: int = 160,
                   exec_fork: bool = True, machine: bool = False) -> st.SearchStrategy[Script]:
     """About 36 steps on average (a step costs 1-2 bytes): long scripts spread the cost of
     drawing an example and starting an executor over more transitions.  `machine` adds
-    `sysfs` and `khugepaged` steps."""
+    `sysfs` and `khugepaged` steps and ends the script with `khugepaged` (machine_script)."""
     kinds = kind_table(exec_fork, machine)
+    if machine:
+        return st.binary(min_size=min_bytes, max_size=max_bytes).map(
+            lambda b: machine_script(kinds, blocks, b))
     return st.binary(min_size=min_bytes, max_size=max_bytes).map(
         lambda b: decode(kinds, blocks, b))
