@@ -107,7 +107,8 @@ class Outcomes:
             for o in sorted(want - got, key=str):
                 gaps.append((pathlib.Path(path).name, self.line[key], names[o], key[0].co_name))
         for name, (got, total) in sorted(per_file.items()):
-            print(f"  {name:10s} {got:4d} of {total:4d} connective exits ({100 * got / total:.1f}%)")
+            print(f"  {name:10s} {got:4d} of {total:4d} connective exits "
+                  f"({100 * got / total:.1f}%)")
         if missing:
             for name, line, what, func in gaps:
                 print(f"    {name}:{line} ({func}): never {what}")
