@@ -375,8 +375,8 @@ def _relayout(B: Any, era: Era, st: State, ret: Any, cs: list[Cell], mod: list[A
 def uffd_copy(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
     """UFFDIO_COPY into [a, b) (mm/userfaultfd.c mfill_atomic, 6.12; 6.1 __mcopy_atomic): the
     range must lie in one VMA registered with our uffd, else ENOENT.  Pages are filled in order
-    until one is present or its PMD is a THP (EEXIST).  The ioctl returns 0 when all were copied, the errno when none
-    was, and EAGAIN when only some were (userfaultfd_copy)."""
+    until one is present or its PMD is a THP (EEXIST).  The ioctl returns 0 when all were
+    copied, the errno when none was, and EAGAIN when only some were (userfaultfd_copy)."""
     old = cells(st)
     first = arena.block_first(st)
     blk_of = [k for k, blk in enumerate(st.blocks) for _ in blk.cells]
