@@ -411,14 +411,19 @@ def boot(kernel: str, scripts: list[str], modes: list[str] | str = "madvise",
         raise ValueError("one mode per script")
     if timeout is None:
         timeout = 120 + 5 * len(scripts) + sum(60 for s in scripts if _has_khugepaged_step(s))
+    # The kernel unpacks concatenated (compressed) cpio archives in turn.
+    initrd = base.read_bytes() + scripts_cpio(scripts, modes)
+    return _boot_initrd(k, initrd, len(scripts), timeout, "scripts")
+
+
+def _boot_initrd(k: Kernel, initrd: bytes, n: int, timeout: float, what: str) -> Boot:
+    """Boot `k` with this initramfs; its /init reports n results on ttyS1 (see _parse)."""
     with tempfile.TemporaryDirectory(prefix="vmaflags-vm-") as tmp:
         t = pathlib.Path(tmp)
-        initrd = t / "initrd.cpio.gz"
-        # The kernel unpacks concatenated (compressed) cpio archives in turn.
-        initrd.write_bytes(base.read_bytes() + scripts_cpio(scripts, modes))
+        (t / "initrd.cpio.gz").write_bytes(initrd)
         console, results = t / "console.txt", t / "results.txt"
         cmd = [QEMU, *QEMU_ARGS, "-bios", str(QBOOT), "-kernel", str(k.image),
-               "-initrd", str(initrd), "-append", CMDLINE,
+               "-initrd", str(t / "initrd.cpio.gz"), "-append", CMDLINE,
                "-serial", f"file:{console}", "-serial", f"file:{results}"]
         t0 = time.monotonic()
         try:
@@ -430,15 +435,60 @@ def boot(kernel: str, scripts: list[str], modes: list[str] | str = "madvise",
         seconds = time.monotonic() - t0
         out = results.read_text(errors="replace") if results.exists() else ""
         con = console.read_text(errors="replace") if console.exists() else ""
-    b = _parse(out, len(scripts), k.name, seconds, con)
+    b = _parse(out, n, k.name, seconds, con)
     missing = [i for i, r in enumerate(b.results) if r.rc is None]
     if missing or qerr:
         tail = "\n".join(con.replace("\r", "").splitlines()[-15:])
-        e = VMError(f"{k.name}: {len(missing)} of {len(scripts)} scripts without a result"
+        e = VMError(f"{k.name}: {len(missing)} of {n} {what} without a result"
                     f"{' (' + qerr + ')' if qerr else ''}; console tail:\n{tail}")
         e.boot = b  # type: ignore[attr-defined]
         raise e
     return b
+
+
+PROGRAM_INIT = r"""#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+OUT=/dev/ttyS1
+echo "@MARK@ BOOT release=$(uname -r) uptime=$(cat /proc/uptime) enabled=$(cat @THP@/enabled)" > $OUT
+echo "@MARK@ CMDLINE $(cat /proc/cmdline)" > $OUT
+timeout @TIMEOUT@ /bin/program @ARGS@ > /tmp/out 2> /tmp/err
+rc=$?
+read up _ < /proc/uptime
+{ echo "@MARK@ BEGIN 0"; cat /tmp/out; echo "@MARK@ STDERR 0"; cat /tmp/err
+  echo "@MARK@ END 0 rc=$rc uptime=$up"; echo "@MARK@ DONE uptime=$up"; } > $OUT
+reboot -f
+"""
+
+
+def run_program(kernel: str, program: pathlib.Path, args: tuple[str, ...] = (),
+                timeout: float = 300) -> Boot:
+    """Boot `kernel` and run one static `program` (a kselftest, say) as /bin/program, with
+    busybox beside it; its stdout lines, stderr and exit status are `.results[0]`.  Skip when
+    the VM cannot run here; VMError when the guest did not report the program's end."""
+    why = qemu_blocker()
+    if why:
+        raise Skip(why)
+    k = kernel_image(kernel)
+    if any(not re.fullmatch(r"[\w.,=:/+-]+", a) for a in args):
+        raise ValueError(f"program arguments must be plain words: {args}")
+    init = (PROGRAM_INIT.replace("@THP@", THP).replace("@MARK@", MARK)
+            .replace("@TIMEOUT@", str(int(timeout))).replace("@ARGS@", " ".join(args)))
+    c = Cpio()
+    for d in ("bin", "dev", "proc", "sys", "tmp"):
+        c.dir(d)
+    c.chardev("dev/console", 5, 1)
+    c.chardev("dev/null", 1, 3)
+    c.chardev("dev/ttyS0", 4, 64)
+    c.chardev("dev/ttyS1", 4, 65)
+    c.file("bin/busybox", _busybox().read_bytes(), 0o755)
+    for a in APPLETS:
+        c.symlink(f"bin/{a}", "busybox")
+    c.file("bin/program", program.read_bytes(), 0o755)
+    c.file("init", init.encode(), 0o755)
+    return _boot_initrd(k, c.gz(), 1, timeout + 120, "programs")
 
 
 def _uptime(text: str) -> float | None:
@@ -501,4 +551,4 @@ def run_scripts(kernel: str, scripts: list[str], modes: list[str] | str = "madvi
 
 
 __all__ = ["KERNELS", "Boot", "ScriptResult", "Skip", "VMError", "base_initramfs", "boot",
-           "kernel_image", "qemu_blocker", "resolve_package", "run_scripts"]
+           "kernel_image", "qemu_blocker", "resolve_package", "run_program", "run_scripts"]
