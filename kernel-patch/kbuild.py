@@ -148,7 +148,12 @@ def _build(k: spec.Kernel, root: pathlib.Path, bdir: pathlib.Path, jobs: int,
             return BuildError(f"{k.name}: {msg}", logp)
 
         phase("source")
-        tree = source.pristine(k.package, k.version, root)
+        try:
+            tree = source.pristine(k.package, k.version, root)
+        except Skip:
+            raise
+        except RuntimeError as e:  # the .deb did not unpack
+            raise fail(str(e)) from None
         phase("copy")
         src, obj = bdir / "src", bdir / "obj"
         _run(["cp", "-al", str(tree), str(src)], log, fail)
@@ -321,8 +326,8 @@ class _Display:
         self.plain = enabled and not self.live
         self.task = None
         self.progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description:<22.22}"), BarColumn(bar_width=16),
-            MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[last]:.22}"),
+            SpinnerColumn(), TextColumn("{task.description:<20.20}"), BarColumn(bar_width=16),
+            MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[last]:.18}"),
             console=self.console) if self.live else None
 
     def __enter__(self) -> _Display:
@@ -342,7 +347,8 @@ class _Display:
                 t = self.progress.tasks[self.task]
                 self.progress.update(self.task, total=t.completed or 1,
                                      completed=t.completed or 1, last="")
-            self.task = self.progress.add_task(what, total=total, last="")
+            self.task = None if what == "done" else self.progress.add_task(
+                what, total=total, last="")
         elif self.plain and what != "done":
             self.console.print(f"kernel {self.name}: {what}")
 
