@@ -24,7 +24,25 @@ LINK_VARIANTS = (("-static-pie", "-Wl,-z,noseparate-code", "-Wl,-z,norelro"),
                  ("-static", "-Wl,-z,noseparate-code", "-Wl,-z,norelro"),
                  ("-static",))
 
-CACHE_DIR = pathlib.Path.home() / ".cache" / "vmaflags"
+# executor.c's MADV_CLR_HUGEPAGE number when none is compiled in (its CLR_HUGEPAGE default).
+DEFAULT_CLR_HUGEPAGE = 26
+
+
+def cache_dir(*sub: str) -> pathlib.Path:
+    """~/.cache/vmaflags (or $XDG_CACHE_HOME/vmaflags)/SUB..., created; when that cannot be
+    written (a read-only or missing HOME), a per-user directory under the temp dir."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    for root in (pathlib.Path(base) / "vmaflags",
+                 pathlib.Path(tempfile.gettempdir()) / f"vmaflags-cache-{os.getuid()}"):
+        d = root.joinpath(*sub)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        # the shared temp dir: only a directory of our own (no one else's planted binaries)
+        if os.access(d, os.W_OK | os.X_OK) and d.stat().st_uid == os.getuid():
+            return d
+    raise RuntimeError(f"no writable cache directory (tried {base} and {tempfile.gettempdir()})")
 
 
 def source_path() -> pathlib.Path:
@@ -85,14 +103,14 @@ def executor_path(clr_hugepage: int | None = None) -> pathlib.Path:
     flags = _flags(clr_hugepage)
     h = hashlib.sha256(src.read_bytes())
     h.update("\0".join([*flags, *(f for v in LINK_VARIANTS for f in v)]).encode())
-    exe = CACHE_DIR / f"executor-{h.hexdigest()[:16]}"
+    cache = cache_dir()
+    exe = cache / f"executor-{h.hexdigest()[:16]}"
     if exe.is_file() and os.access(exe, os.X_OK):
         return exe
     cc = shutil.which("cc")
     if cc is None:
         raise RuntimeError("cannot build the executor: no C compiler `cc` on PATH")
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{exe.name}.", dir=CACHE_DIR)
+    fd, tmp = tempfile.mkstemp(prefix=f".{exe.name}.", dir=cache)
     os.close(fd)
     tmp_path = pathlib.Path(tmp)
     try:

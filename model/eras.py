@@ -8,6 +8,7 @@ EINVAL where 6.4+ returns EBUSY).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 # prctl flavours (kernel/sys.c PR_SET_THP_DISABLE)
@@ -105,3 +106,11 @@ def era(id: str) -> Era:
         return ERAS[id]
     except KeyError:
         raise ValueError(f"unknown era {id!r}; valid eras: {', '.join(ERAS)}") from None
+
+
+@functools.cache
+def era_at(id: str, kernel: str) -> Era:
+    """ERAS[id] with the within-era features of `kernel` (Era.at), one object per pair: the
+    interpreter memoises its rules per era object."""
+    e = era(id)
+    return e if kernel == e.kernel else e.at(kernel)

@@ -91,5 +91,42 @@ def conform(era: Optional[str] = typer.Option(None, help="era id (default: ident
     raise typer.Exit(run_conform(e, identify, scenario, examples, seed, json_out, ktap))
 
 
+vm_app = typer.Typer(no_args_is_help=True,
+                     help="Test VMs: other kernels under qemu, checked like this machine.")
+app.add_typer(vm_app, name="vm")
+
+
+@vm_app.command("run")
+def vm_run(kernel: str = typer.Option(..., "--kernel",
+                                      help="debian-6.1, debian-6.12, patched-6.12 or a bzImage"),
+           era: Optional[str] = typer.Option(None, help="era id (default: identify it)"),
+           scenario: Optional[List[str]] = typer.Option(None, "--scenario",
+                                                        help="scenario name"),
+           examples: Optional[int] = typer.Option(
+               None, help="random sequences (default 500; 0 with --scenario)"),
+           seed: Optional[int] = typer.Option(None, help="seed for the random sequences"),
+           json_out: bool = typer.Option(False, "--json", help="JSON on stdout"),
+           ktap: bool = typer.Option(False, "--ktap", help="KTAP on stdout")) -> None:
+    """Boot KERNEL in qemu and check it as `conform` checks this machine; then its kselftests.
+    Exit 0 iff nothing diverges, 4 when it cannot run here (SKIP)."""
+    from vmaflags.conformance.vm.command import run as vm_run_
+
+    e = eras_or_fail([era])[0] if era else None
+    raise typer.Exit(vm_run_(kernel, e, scenario, examples, seed, json_out, ktap))
+
+
+@vm_app.command("matrix")
+def vm_matrix(kernel: Optional[List[str]] = typer.Option(
+                  None, "--kernel", help="kernels (default: every SPEC)"),
+              examples: Optional[int] = typer.Option(
+                  None, help="random sequences per kernel (default 200)"),
+              seed: Optional[int] = typer.Option(None, help="seed for the random sequences"),
+              json_out: bool = typer.Option(False, "--json", help="JSON on stdout")) -> None:
+    """This machine and every test-VM kernel: identified era, scenarios, random sequences."""
+    from vmaflags.conformance.vm.command import matrix
+
+    raise typer.Exit(matrix(kernel, examples, seed, json_out))
+
+
 def main() -> None:
     app()
