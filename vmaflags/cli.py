@@ -91,6 +91,17 @@ def conform(era: Optional[str] = typer.Option(None, help="era id (default: ident
     raise typer.Exit(run_conform(e, identify, scenario, examples, seed, json_out, ktap))
 
 
+@app.command()
+def stress(tries: int = typer.Option(500, help="tries per race (each in a fresh process)"),
+           seconds: float = typer.Option(20.0, help="time limit per race"),
+           json_out: bool = typer.Option(False, "--json", help="JSON on stdout")) -> None:
+    """Try the races of the concurrency theorems on this kernel; exit 1 if one contradicts
+    the model."""
+    from vmaflags.conformance.stress import command
+
+    raise typer.Exit(command(tries, seconds, json_out))
+
+
 vm_app = typer.Typer(no_args_is_help=True,
                      help="Test VMs: other kernels under qemu, checked like this machine.")
 app.add_typer(vm_app, name="vm")

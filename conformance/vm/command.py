@@ -202,7 +202,7 @@ def matrix(specs: list[str] | None, examples: int | None, seed: int | None,
 
 
 def _host_run(chosen: list, examples: int, seed: int) -> KernelRun:
-    kr = KernelRun("host", expected_era=kernels.host_era())
+    kr = KernelRun("host", expected_era=host.mainline_era())
     why = host.no_thp() or host.no_executor()
     if why:
         kr.skip = why
