@@ -7,7 +7,6 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from vmaflags.model import ERAS, ScriptError, era as era_by_id, parse_script
 
@@ -33,10 +32,13 @@ def eras_or_fail(ids: Optional[List[str]]) -> list:
 @app.command()
 def eras() -> None:
     """List the kernel eras (semantics) with their kernel ranges and features."""
-    t = Table("era", "kernels", "modelled as", "summary")
+    import textwrap
+
+    typer.echo(f"{'era':<20} {'kernels':<26} within-era features of")
     for e in ERAS.values():
-        t.add_row(e.id, e.kernels, e.kernel, e.summary)
-    console.print(t)
+        typer.echo(f"{e.id:<20} {e.kernels:<26} {e.kernel}")
+        typer.echo(textwrap.fill(e.summary, 79, initial_indent=" " * 4,
+                                 subsequent_indent=" " * 4, break_long_words=False))
 
 
 @app.command()
