@@ -6,6 +6,7 @@
  *
  *   executor SCRIPT        (a path, or - for standard input)
  *   executor --serve       (many scripts on standard input, each in a fresh child: see serve())
+ *   executor --serve --guest   (the same, plus the test VM's control lines: see guest_command())
  *   executor --version
  *
  * Static, libc + uapi headers only; runs on 3.15 .. 6.18 kernels (missing features degrade to
@@ -1217,7 +1218,7 @@ static int read_script(const char *path)
 static void usage(void)
 {
 	static const char m[] = "usage: executor SCRIPT   (a path, or - for standard input)\n"
-				"       executor --serve\n"
+				"       executor --serve [--guest]\n"
 				"       executor --version\n";
 	write_all(2, m, sizeof(m) - 1);
 	exit(2);
@@ -1345,14 +1346,101 @@ static pid_t serve_keeper(void)
 		pause();
 }
 
+#define THP_SYSFS "/sys/kernel/mm/transparent_hugepage/"
+
+/* A THP tunable's name: letters, digits, '_' and at most one '/' (khugepaged/...); no "..". */
+static int tunable_ok(const char *name)
+{
+	int slashes = 0;
+	if (!*name || *name == '/')
+		return 0;
+	for (const char *p = name; *p; p++) {
+		if (*p == '/')
+			slashes++;
+		else if (!(*p == '_' || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9')))
+			return 0;
+	}
+	return slashes <= 1;
+}
+
+/* "sysfs NAME": print the tunable's first line; "sysfs NAME VALUE": write VALUE to it.
+ * Returns 0 or an errno. */
+static int guest_sysfs(const char *name, const char *value)
+{
+	char path[128], buf[256];
+	if (!tunable_ok(name) || snprintf(path, sizeof(path), THP_SYSFS "%s", name) >= (int)sizeof(path))
+		return EINVAL;
+	int fd = open(path, (value ? O_WRONLY : O_RDONLY) | O_CLOEXEC);
+	if (fd < 0)
+		return errno;
+	ssize_t n = value ? write(fd, value, strlen(value)) : read(fd, buf, sizeof(buf) - 1);
+	int e = n < 0 ? errno : 0;
+	close(fd);
+	if (!e && !value) {
+		char *nl = memchr(buf, '\n', n);
+		buf[nl ? nl - buf : n] = '\n';
+		write_all(1, buf, (nl ? nl - buf : n) + 1);
+	}
+	return e;
+}
+
+/* "run PATH": run a program of the guest's initramfs (a kselftest) with its output on ours. */
+static int guest_run(const char *path, pid_t server, const sigset_t *old)
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		sigprocmask(SIG_SETMASK, old, NULL);
+		serve_child(server);
+		dup2(1, 2);
+		execl(path, path, (char *)NULL);
+		_exit(127);
+	}
+	return pid < 0 ? -1 : serve_wait(pid, 3600);
+}
+
+/*
+ * The control lines of `--serve --guest`, for conformance/vm/guest.py driving a test VM over its
+ * serial port (this process is then the VM's only worker): "clr N" sets the MADV_CLR_HUGEPAGE
+ * number of the scripts that follow; "sysfs NAME [VALUE]" reads or writes a THP tunable; "run
+ * PATH" runs a program.  Each ends with "end <status>" like a script (status: 0, an errno for
+ * sysfs, the program's exit status or -1 for run).  Returns 0 if `line` was none of these.
+ */
+static int guest_command(char *line, pid_t server, const sigset_t *old)
+{
+	char *arg = strchr(line, ' '), m[32];
+	if (!arg)
+		return 0;
+	*arg++ = 0;
+	int status;
+	if (!strcmp(line, "clr")) {
+		int64_t v;
+		status = parse_int(arg, &v) || v < INT_MIN || v > INT_MAX ? EINVAL : 0;
+		if (!status)
+			clr_hugepage = v;
+	} else if (!strcmp(line, "sysfs")) {
+		char *value = strchr(arg, ' ');
+		if (value)
+			*value++ = 0;
+		status = guest_sysfs(arg, value);
+	} else if (!strcmp(line, "run")) {
+		status = guest_run(arg, server, old);
+	} else {
+		arg[-1] = ' ';
+		return 0;
+	}
+	write_all(1, m, snprintf(m, sizeof(m), "end %d\n", status));
+	return 1;
+}
+
 /*
  * Read "script <bytes> <timeout seconds>\n" + the script text, again and again; run each script
  * in a child forked from this process, which never maps the arena nor changes any THP state,
  * so that every child starts as a freshly executed process would.  After the child's lines
  * print "end <status>" (see serve_wait; "end timeout" when it was killed).  Saves a fork+exec
- * of the caller and an exec of the executor per script.
+ * of the caller and an exec of the executor per script.  An empty line ends the server (a
+ * serial line has no end of file).
  */
-static int serve(void)
+static int serve(int guest)
 {
 	sigset_t chld, old;
 	sigemptyset(&chld);
@@ -1369,6 +1457,8 @@ static int serve(void)
 		if (n == 0)
 			break;
 		line[n] = 0;
+		if (guest && guest_command(line, getpid(), &old))
+			continue;
 		unsigned long len, secs;
 		char tail;
 		if (sscanf(line, "script %lu %lu%c", &len, &secs, &tail) != 2 || len > (1UL << 30)) {
@@ -1430,7 +1520,9 @@ int main(int argc, char **argv)
 		clr_hugepage = v;
 	}
 	if (argc == 2 && !strcmp(argv[1], "--serve"))
-		return serve();
+		return serve(0);
+	if (argc == 3 && !strcmp(argv[1], "--serve") && !strcmp(argv[2], "--guest"))
+		return serve(1);
 	if (i < argc && !strncmp(argv[i], "--resume=", 9)) {
 		char *e;
 		resume = strtol(argv[i] + 9, &e, 10);

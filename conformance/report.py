@@ -19,6 +19,7 @@ class Run:
     live_mode: str = ""
     root: bool = False
     era: str | None = None  # the era checked against
+    era_kernel: str | None = None  # ... with the within-era features of this version
     identification: Identification | None = None
     scenarios: list[Result] = field(default_factory=list)
     random: RandomResult | None = None
@@ -61,6 +62,7 @@ class Run:
             "kernel": self.kernel,
             "identified_era": self.identification.era if self.identification else None,
             "era": self.era,
+            "era_kernel": self.era_kernel,
             "scenarios": [r.as_dict() for r in self.scenarios],
             "random": rnd,
             "seconds": round(self.seconds, 3),
@@ -158,7 +160,7 @@ def print_rich(run: Run, console: Console) -> None:
     if run.era_skip:
         console.print(f"[yellow]nothing checked:[/] {run.era_skip}")
     if run.scenarios:
-        title = "scenarios" + (f" (era {run.era})" if run.era else "")
+        title = "scenarios" + (f" (era {run.era} at {run.era_kernel})" if run.era else "")
         t = Table("scenario", "status", "steps", "note", title=title)
         style = {"pass": "green", "diverge": "red", "skip": "yellow"}
         for r in run.scenarios:

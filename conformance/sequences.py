@@ -32,10 +32,10 @@ from hypothesis import HealthCheck, Phase, Verbosity, find, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
-from vmaflags.model.eras import ERAS, Era
+from vmaflags.model.eras import Era, era_at
 from vmaflags.model.syscalls import SYSFS_MODES, Script
 
-from . import driver, khugepaged, sysfs
+from . import driver, host, sysfs
 from .strategies import coded_scripts
 
 SHARD = 48
@@ -115,16 +115,16 @@ def plan(examples: int, seed: int, modes: list[str], machine: int = 0) -> list[S
     return shards
 
 
-def run_shard(era_id: str, shard: Shard, guard: sysfs.SysfsGuard | None = None) -> ShardResult:
+def run_shard(era: Era, shard: Shard, guard: sysfs.SysfsGuard | None = None) -> ShardResult:
     """One shard, in this process.  The kernel must be in `shard.mode` already, except for a
     machine shard, which sets the mode (and fast khugepaged) through `guard` before each script."""
-    era, t0 = ERAS[era_id], time.perf_counter()
+    t0 = time.perf_counter()
     res = ShardResult(shard)
     mode = SYSFS_MODES.index(shard.mode)
     if shard.machine and guard is None:
         res.error = f"shard {shard.index}: scripts with sysfs/khugepaged steps need the guard"
         return res
-    live = sysfs.read("enabled")
+    live = host.read("enabled")
     if not shard.machine and live != shard.mode:
         res.error = f"shard {shard.index}: the kernel is in {live}, not {shard.mode}"
         return res
@@ -165,7 +165,7 @@ def run_shard(era_id: str, shard: Shard, guard: sysfs.SysfsGuard | None = None) 
     keep: contextlib.AbstractContextManager = contextlib.nullcontext()
     if shard.machine:  # a registered mm throughout, whatever mode the scripts switch to
         guard.set(enabled="always")  # type: ignore[union-attr]
-        keep = khugepaged.keeper()
+        keep = host.keeper()
     with keep:
         _find(res, shard, check, diverging)
     if guard is not None and shard.machine:
@@ -227,6 +227,8 @@ def run(era: Era, examples: int, seed: int, modes: list[str],
     guard, MACHINE_SHARE of the examples are scripts with sysfs and khugepaged steps, run last,
     one at a time."""
     machine = examples * MACHINE_SHARE // 100 if guard is not None else 0
+    if host.current() is not None:
+        workers = 1  # worker processes would test this machine, not the target
     out = RandomResult(seed, modes=list(modes), machine_examples=machine)
     t0 = time.perf_counter()
     shards = plan(examples - machine, seed, modes, machine)
@@ -240,8 +242,8 @@ def run(era: Era, examples: int, seed: int, modes: list[str],
             if guard is not None:
                 guard.reset()
                 guard.set(enabled=mode)
-            results = (pool.map(era.id, group) if pool is not None
-                       else (run_shard(era.id, s) for s in group))
+            results = (pool.map(era, group) if pool is not None
+                       else (run_shard(era, s) for s in group))
             for r in results:
                 _add(out, r)
                 if on_shard:
@@ -253,7 +255,7 @@ def run(era: Era, examples: int, seed: int, modes: list[str],
             pool = None
         for s in shards:
             if s.machine:
-                r = run_shard(era.id, s, guard)
+                r = run_shard(era, s, guard)
                 _add(out, r)
                 if on_shard:
                     on_shard(r)
@@ -294,7 +296,7 @@ class Pool:
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                       for _ in range(n)]
 
-    def map(self, era_id: str, shards: list[Shard]) -> Iterator[ShardResult]:
+    def map(self, era: Era, shards: list[Shard]) -> Iterator[ShardResult]:
         """Results in completion order."""
         todo = collections.deque(shards)
         by_fd = {p.stdout.fileno(): p for p in self.procs}  # type: ignore[union-attr]
@@ -305,7 +307,7 @@ class Pool:
             for fd, q in queued.items():
                 while todo and len(q) < self.DEPTH:
                     q.append(todo.popleft())
-                    job = {"era": era_id, "shard": asdict(q[-1])}
+                    job = {"era": era.id, "kernel": era.kernel, "shard": asdict(q[-1])}
                     by_fd[fd].stdin.write(json.dumps(job).encode() + b"\n")  # type: ignore
                     by_fd[fd].stdin.flush()  # type: ignore[union-attr]
 
@@ -325,7 +327,7 @@ class Pool:
                     yield _result(json.loads(line))
             fill()
             if todo:
-                yield run_shard(era_id, todo.popleft())
+                yield run_shard(era, todo.popleft())
                 fill()
 
     def kill(self) -> None:
@@ -356,7 +358,7 @@ def _worker() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides; it kills us if need be
     for line in sys.stdin:
         job = json.loads(line)
-        r = run_shard(job["era"], Shard(**job["shard"]))
+        r = run_shard(era_at(job["era"], job["kernel"]), Shard(**job["shard"]))
         sys.stdout.write(json.dumps(asdict(r)) + "\n")
         sys.stdout.flush()
     driver.close_servers()

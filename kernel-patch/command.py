@@ -7,7 +7,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from .kbuild import BuildError, build, cached
+from .build import BuildError, build, cached
 from .source import Skip
 from .spec import KERNELS, kernel
 

@@ -12,6 +12,8 @@ import subprocess
 import tempfile
 from typing import Iterator
 
+from vmaflags.conformance.build import cache_dir
+
 DONE = ".vmaflags-unpacked"  # written last: the tree is complete
 
 
@@ -20,21 +22,12 @@ class Skip(RuntimeError):
 
 
 def cache_root() -> pathlib.Path:
-    """~/.cache/vmaflags/kernel, else $XDG_CACHE_HOME/vmaflags/kernel, else a directory under
-    /var/tmp: the first one that can be created and written."""
-    candidates = [pathlib.Path.home() / ".cache"]
-    if os.environ.get("XDG_CACHE_HOME"):
-        candidates.append(pathlib.Path(os.environ["XDG_CACHE_HOME"]))
-    candidates.append(pathlib.Path("/var/tmp") / f"vmaflags-{os.getuid()}")
-    for c in candidates:
-        d = c / "vmaflags" / "kernel"
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            continue
-        if os.access(d, os.W_OK | os.X_OK):
-            return d
-    raise Skip("no writable cache directory (~/.cache, $XDG_CACHE_HOME, /var/tmp)")
+    """The project's cache directory's kernel/ (vmaflags.conformance.build.cache_dir: ~/.cache,
+    $XDG_CACHE_HOME, or a per-user directory under the temp dir)."""
+    try:
+        return cache_dir("kernel")
+    except RuntimeError as e:
+        raise Skip(str(e)) from None
 
 
 @contextlib.contextmanager

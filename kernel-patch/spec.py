@@ -28,6 +28,7 @@ class Kernel:
     package: str  # Debian source package
     version: str  # its exact Debian version
     series: tuple[str, ...]  # directories under series/, applied in this order
+    era: str  # the model era `vmaflags vm` must identify it as
     config: tuple[str, ...] = ("guest",)  # fragments under config/, merged in this order
     selftests: tuple[str, ...] = ()  # "mm/madv_clr_hugepage": built static, by name
 
@@ -54,7 +55,7 @@ def series_patches(series: str) -> list[pathlib.Path]:
 DEBIAN_6_12 = ("linux-source-6.12", "6.12.117-1~deb12u1")
 
 KERNELS: dict[str, Kernel] = {k.name: k for k in (
-    Kernel("patched-6.12", *DEBIAN_6_12, series=("clr-hugepage",),
+    Kernel("patched-6.12", *DEBIAN_6_12, series=("clr-hugepage",), era="mmf-clr",
            selftests=("mm/madv_clr_hugepage",)),
 )}
 

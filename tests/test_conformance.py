@@ -156,7 +156,7 @@ def test_random_sequences_agree(guard):
 def test_random_sequences_shrink_a_divergence(guard):
     """Against a wrong era hypothesis finds and shrinks a divergence to a few steps."""
     mode = sysfs.read("enabled")
-    r = sequences.run_shard("mmf", sequences.Shard(0, 11, mode, 2, 50))
+    r = sequences.run_shard(ERAS["mmf"], sequences.Shard(0, 11, mode, 2, 50))
     d = r.divergence
     assert d is not None
     script = parse_script(d["script"])
@@ -289,7 +289,7 @@ def test_pipelined_scripts_cannot_deadlock_the_pipes():
 def test_random_run_does_not_count_empty_scripts():
     """hypothesis starts a shard with all-zero bytes, which decode to empty scripts: neither
     run nor counted as checked sequences."""
-    r = sequences.run_shard(ERA.id, sequences.Shard(0, 3, sysfs.read("enabled"), 1, 8))
+    r = sequences.run_shard(ERA, sequences.Shard(0, 3, sysfs.read("enabled"), 1, 8))
     assert r.examples == 8 and r.transitions >= 8 and not r.error
 
 

@@ -4,10 +4,12 @@ Fast by default.  The series tests need the pristine linux-source-6.12 tree: cac
 earlier build, or fetched once (`apt-get download`, 150 MB, ~15-40 s with the unpack); they
 SKIP when it cannot be had.  Nothing here builds a kernel unless the build is cached or
 VMAFLAGS_KERNEL_BUILD=1 (a cold build takes 3-5 min on 2 cores); VMAFLAGS_KERNEL_BUILD=0 skips
-the build tests even when the build is cached.  The guest tests also need qemu (tests/test_vm.py).
+the build tests even when the build is cached.  The guest tests also need qemu and Debian's
+6.12 cloud kernel (tests/test_vm.py); VMAFLAGS_VM=0 skips them.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import os
@@ -17,12 +19,14 @@ import subprocess
 import sys
 
 import pytest
-from vmaflags.conformance.vm import compare, runner
-from vmaflags.kernel import kbuild
+from vmaflags.conformance import catalogue
+from vmaflags.conformance.build import executor_path
+from vmaflags.conformance.vm import command as vm
+from vmaflags.conformance.vm import guest, kernels
+from vmaflags.kernel import build as kbuild
 from vmaflags.kernel import series, source, spec
-from vmaflags.model import ERAS, parse_script
+from vmaflags.model import ERAS
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
 K = spec.kernel("patched-6.12")
 
 
@@ -119,8 +123,8 @@ def test_cache_key_follows_the_order_of_the_series(inputs: pathlib.Path):
     other = inputs / "series" / "other"
     other.mkdir()
     (other / "0001-x.patch").write_text("x\n")
-    a = spec.Kernel("a", *spec.DEBIAN_6_12, series=("other", "clr-hugepage"))
-    b = spec.Kernel("a", *spec.DEBIAN_6_12, series=("clr-hugepage", "other"))
+    a = spec.Kernel("a", *spec.DEBIAN_6_12, series=("other", "clr-hugepage"), era="mmf-clr")
+    b = spec.Kernel("a", *spec.DEBIAN_6_12, series=("clr-hugepage", "other"), era="mmf-clr")
     assert [p.parent.name for p in a.patches] == ["other"] + ["clr-hugepage"] * 4
     assert spec.cache_key(a) != spec.cache_key(b)
 
@@ -134,7 +138,7 @@ def test_cache_key_never_reads_the_source_tree(monkeypatch):
 
 def test_unknown_series_is_an_error():
     with pytest.raises(ValueError, match="no patch series 'nosuch'"):
-        spec.Kernel("x", *spec.DEBIAN_6_12, series=("nosuch",)).patches
+        spec.Kernel("x", *spec.DEBIAN_6_12, series=("nosuch",), era="mmf").patches
 
 
 def test_config_fragment_options_parse():
@@ -142,12 +146,12 @@ def test_config_fragment_options_parse():
     assert opts == {"CONFIG_A": "y", "CONFIG_B": "n", "CONFIG_C": '"x y"'}
     frag = kbuild._options((spec.CONFIG_DIR / "guest.config").read_text())
     for o in ("CONFIG_TRANSPARENT_HUGEPAGE", "CONFIG_USERFAULTFD", "CONFIG_PROC_PAGE_MONITOR",
-              "CONFIG_ADVISE_SYSCALLS", "CONFIG_SMP", "CONFIG_PER_VMA_LOCK", *runner.NEEDED_CONFIG):
+              "CONFIG_ADVISE_SYSCALLS", "CONFIG_SMP", "CONFIG_PER_VMA_LOCK", *kernels.NEEDED_CONFIG):
         assert frag.get(o) == "y", o
 
 
 def test_is_static():
-    assert kbuild._is_static(runner.keeper_path()) if shutil.which("cc") else True
+    assert kbuild._is_static(executor_path(None)) if shutil.which("cc") else True
     assert not kbuild._is_static(pathlib.Path(sys.executable).resolve())
 
 
@@ -209,48 +213,53 @@ def test_built_kernel(built: kbuild.Built):
     assert again.cached and again.seconds < 5 and again.image == built.image
 
 
-def _vm(fn, *args, **kw):
+SEED = 20251126
+
+
+def _vm_or_skip() -> None:
     if os.environ.get("VMAFLAGS_VM", "1") == "0":
         pytest.skip("VMAFLAGS_VM=0")
-    try:
-        return fn(*args, **kw)
-    except runner.Skip as e:
-        pytest.skip(f"no VM: {e}")
+    why = guest.qemu_blocker()
+    if why:
+        pytest.skip(why)
 
 
-def test_patched_kernel_agrees_with_mmf_clr(built: kbuild.Built):
-    """The clr-hugepage scenario (and the others that are quick) in the patched guest, against
-    the model's mmf-clr era."""
-    cases = [c for c in compare.scenario_cases() if c.name.split("@")[0] in (
-        "clr-hugepage", "split-merge", "enomem-holes", "thp-eligible", "collapse-errnos")]
-    assert any(c.name == "clr-hugepage" for c in cases)
-    boot, outcomes = _vm(compare.check_boot, str(built.image), cases, ERAS["mmf-clr"])
-    assert boot.release == built.release and boot.enabled == "madvise"
-    bad = [f"{o.case.name}: {o.error or o.divergence.side_by_side()}" for o in outcomes
-           if o.error or o.divergence is not None]
-    assert not bad, "\n".join(bad)
+def test_patched_kernel_in_vm_is_mmf_clr_and_passes_its_kselftest(built: kbuild.Built):
+    """`vmaflags vm run --kernel patched-6.12`: identified as mmf-clr by behaviour, every
+    scenario as the model says, and madv_clr_hugepage 12/12."""
+    _vm_or_skip()
+    kr = vm.check_kernel("patched-6.12", None, catalogue.load(), 0, SEED)
+    assert not kr.skip and not kr.error, kr.skip or kr.error
+    assert kr.run.kernel == built.release
+    assert kr.identified == kr.expected_era == "mmf-clr"
+    bad = [f"{r.name}: {r.reason}" for r in kr.run.scenarios if r.status != "pass"]
+    assert not bad, bad
+    (t,) = kr.selftests
+    assert (t["name"], t["status"], t["exit"]) == ("madv_clr_hugepage", "pass", 0), t["output"]
+    assert t["output"][:2] == ["TAP version 13", "1..12"]
+    assert "# Totals: pass:12 fail:0 xfail:0 xpass:0 skip:0 error:0" in t["output"]
 
 
 def test_unpatched_kernel_rejects_the_advice(built: kbuild.Built):
-    """The same scenario on Debian's 6.12 diverges from mmf-clr at the first CLR (EINVAL)."""
-    case = compare.Case("clr-hugepage", parse_script(
-        (REPO / "conformance/scenarios/clr-hugepage.vmf").read_text()))
-    _, (o,) = _vm(compare.check_boot, "6.12", [case], ERAS["mmf-clr"])
-    assert o.divergence is not None and o.divergence.step == "4"
-    assert o.divergence.kernel.ret == -errno.EINVAL
-
-
-def test_kselftest_passes_on_the_patched_kernel(built: kbuild.Built):
-    b = _vm(runner.run_program, str(built.image), built.selftests["madv_clr_hugepage"])
-    r = b.results[0]
-    assert r.rc == 0, "\n".join(r.lines)
-    assert r.lines[0] == "TAP version 13" and r.lines[1] == "1..12"
-    assert sum(ln.startswith("ok ") for ln in r.lines) == 12
-    assert "# Totals: pass:12 fail:0 xfail:0 xpass:0 skip:0 error:0" in r.lines
+    """clr-hugepage on Debian's 6.12, held against mmf-clr: EINVAL at the first CLR."""
+    _vm_or_skip()
+    kr = vm.check_kernel("debian-6.12", ERAS["mmf-clr"], catalogue.load(["clr-hugepage"]), 0,
+                         SEED)
+    if kr.skip:
+        pytest.skip(kr.skip)
+    (r,) = kr.run.scenarios
+    assert r.status == "diverge" and r.divergence.step == "4", r.reason
+    assert r.divergence.kernel.ret == -errno.EINVAL and r.divergence.model.ret == 0
 
 
 def test_kselftest_skips_on_debian_6_12(built: kbuild.Built):
-    b = _vm(runner.run_program, "6.12", built.selftests["madv_clr_hugepage"])
-    r = b.results[0]
-    assert r.rc == 4
-    assert r.lines == ["TAP version 13", "1..0 # SKIP MADV_CLR_HUGEPAGE not supported"]
+    _vm_or_skip()
+    try:
+        k = kernels.resolve("debian-6.12")
+    except kernels.Skip as e:
+        pytest.skip(str(e))
+    k = dataclasses.replace(k, selftests=dict(built.selftests))
+    with guest.Guest(k) as g:
+        status, lines = g.run_program("/bin/madv_clr_hugepage")
+    assert status == 4
+    assert lines == ["TAP version 13", "1..0 # SKIP MADV_CLR_HUGEPAGE not supported"]

@@ -27,6 +27,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
 
 from . import series, source, spec
 from .source import Skip
+from .spec import KERNELS, Kernel
 
 ARCH = "x86_64"  # the qemu test VMs are x86-64
 # The build's quiet-mode lines ("  CC      mm/madvise.o") count its steps; a first build has no
@@ -59,6 +60,9 @@ class Built:
     log: pathlib.Path
     cached: bool
     seconds: float
+
+
+__all__ = ["KERNELS", "BuildError", "Built", "Kernel", "Skip", "build", "build_dir", "cached"]
 
 
 def build_dir(k: spec.Kernel, root: pathlib.Path | None = None) -> pathlib.Path:
