@@ -118,6 +118,51 @@ def stress(tries: int = typer.Option(500, help="tries per race (each in a fresh 
     raise typer.Exit(command(tries, seconds, json_out))
 
 
+@app.command()
+def report(out: Path = typer.Option(..., "--out", help="directory for the report files"),
+           from_file: Optional[Path] = typer.Option(
+               None, "--from", help="render a results.json of an earlier report again"),
+           examples: int = typer.Option(200, help="random sequences per kernel"),
+           seed: int = typer.Option(20251130, help="seed for the random sequences"),
+           kernel: Optional[List[str]] = typer.Option(
+               None, "--kernel", help="test-VM kernels to include (vmaflags vm)"),
+           tries: int = typer.Option(300, help="tries per live race")) -> None:
+    """Write report.html, report.md and report.txt (and results.json) from live results."""
+    import json
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from vmaflags.report import collect, render
+
+    if examples < 0 or tries < 1:
+        fail("--examples must be >= 0 and --tries >= 1")
+    if from_file is not None:
+        try:
+            res = collect.load(from_file)
+        except (OSError, ValueError) as e:
+            fail(f"{from_file}: {getattr(e, 'strerror', None) or e}")
+    else:
+        if kernel:
+            from vmaflags.conformance.vm import kernels
+            try:
+                for k in kernel:
+                    kernels.resolve_name(k)
+            except ValueError as e:
+                fail(str(e))
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=Console(stderr=True), transient=True) as p:
+            task = p.add_task("collecting")
+            res = collect.collect(examples, seed, list(kernel or []), tries, 20.0,
+                                  lambda what: p.update(task, description=what))
+    try:
+        files = render.write(res, out)
+        (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    except OSError as e:
+        fail(f"{out}: {e.strerror}")
+    for f in files:
+        typer.echo(str(f))
+
+
 vm_app = typer.Typer(no_args_is_help=True,
                      help="Test VMs: other kernels under qemu, checked like this machine.")
 app.add_typer(vm_app, name="vm")
