@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -1311,34 +1312,54 @@ static int serve_read(char *dst, size_t n)
 	return 1;
 }
 
-/* The exit status of child `pid`, killing it after `secs` seconds: 0..255, 128 + signal, or
- * -1 for a timeout.  SIGCHLD is blocked in the server, so it can be waited for with a timeout. */
+static void on_sigchld(int sig) { (void)sig; } /* only to end a ppoll() in serve_wait */
+
+/* The signal mask serve_wait() waits under: the server's, with SIGCHLD let through. */
+static sigset_t serve_waitmask;
+
+#define SERVE_TIMEOUT (-1)
+#define SERVE_HANGUP (-2)
+
+/*
+ * The exit status of child `pid`, killing it after `secs` seconds: 0..255, 128 + signal, or
+ * SERVE_TIMEOUT.  SIGCHLD is blocked in the server except inside ppoll(), so it can be waited
+ * for with a timeout.  The child is killed as well, and SERVE_HANGUP returned, when nobody
+ * reads our standard output any more (a pipe without readers polls POLLERR): the driver is
+ * gone, killed say, and a script inside a long khugepaged wait must not keep us alive.  (Not
+ * the end of our input: a caller may write every script at once and close it.)
+ */
 static int serve_wait(pid_t pid, uint64_t secs)
 {
 	struct timespec now, end;
 	clock_gettime(CLOCK_MONOTONIC, &end);
 	end.tv_sec += secs;
-	sigset_t chld;
-	sigemptyset(&chld);
-	sigaddset(&chld, SIGCHLD);
-	int status, timed_out = 0;
+	struct pollfd out = {.fd = 1, .events = 0}; /* POLLERR and POLLHUP come unasked */
+	int status, killed = 0;
 	for (;;) {
-		pid_t w = waitpid(pid, &status, timed_out ? 0 : WNOHANG);
+		pid_t w = waitpid(pid, &status, killed ? 0 : WNOHANG);
 		if (w == pid)
 			break;
 		if (w < 0 && errno != EINTR)
-			return -1;
+			return SERVE_TIMEOUT;
+		if (killed)
+			continue;
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		struct timespec left = {end.tv_sec - now.tv_sec, end.tv_nsec - now.tv_nsec};
 		if (left.tv_nsec < 0)
 			left.tv_sec--, left.tv_nsec += 1000000000L;
-		if (left.tv_sec < 0 || (sigtimedwait(&chld, NULL, &left) < 0 && errno == EAGAIN)) {
-			kill(pid, SIGKILL);
-			timed_out = 1;
+		if (left.tv_sec < 0) {
+			killed = SERVE_TIMEOUT;
+		} else if (ppoll(&out, 1, &left, &serve_waitmask) > 0) {
+			if (out.revents & POLLNVAL) /* no standard output at all: nothing to watch */
+				out.fd = -1;
+			else
+				killed = SERVE_HANGUP;
 		}
+		if (killed)
+			kill(pid, SIGKILL);
 	}
-	if (timed_out)
-		return -1;
+	if (killed)
+		return killed;
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
@@ -1352,16 +1373,28 @@ static int serve_wait(pid_t pid, uint64_t secs)
 /* In a child of the server: die with it (also if it died before we asked). */
 static void serve_child(pid_t server)
 {
+	signal(SIGCHLD, SIG_DFL);
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() != server)
 		_exit(1);
 }
 
+/* The keeper, once it has registered: the server serves no script before that, or the first
+ * scripts would meet the empty list the keeper is there to prevent. */
 static pid_t serve_keeper(void)
 {
+	int ready[2];
+	if (pipe2(ready, O_CLOEXEC))
+		ready[0] = ready[1] = -1;
 	pid_t server = getpid(), pid = fork();
-	if (pid != 0)
+	if (pid != 0) {
+		char c;
+		close(ready[1]);
+		while (ready[0] >= 0 && read(ready[0], &c, 1) < 0 && errno == EINTR)
+			; /* a byte, or end of file if the keeper died first */
+		close(ready[0]);
 		return pid;
+	}
 	serve_child(server);
 	for (int fd = 0; fd < 3; fd++) /* the caller's pipes reach EOF with the server alone */
 		close(fd);
@@ -1370,8 +1403,11 @@ static pid_t serve_keeper(void)
 	if (p != MAP_FAILED) {
 		char *a = (char *)(((uintptr_t)p + PMD_SIZE - 1) & ~(PMD_SIZE - 1));
 		a[0] = 1; /* an anon_vma first: khugepaged only takes VMAs that have one */
-		madvise(a, PMD_SIZE, MADV_HUGEPAGE);
+		madvise(a, PMD_SIZE, MADV_HUGEPAGE); /* khugepaged_enter_vma(): on the list */
 	}
+	close(ready[0]);
+	write_all(ready[1], "", 1);
+	close(ready[1]);
 	for (;;)
 		pause();
 }
@@ -1476,6 +1512,10 @@ static int serve(int guest)
 	sigemptyset(&chld);
 	sigaddset(&chld, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &chld, &old);
+	serve_waitmask = old;
+	sigdelset(&serve_waitmask, SIGCHLD);
+	struct sigaction sa = {.sa_handler = on_sigchld};
+	sigaction(SIGCHLD, &sa, NULL);
 	pattern_open(); /* shared by the children; without it each makes its own */
 	pid_t keeper = serve_keeper();
 	int rc = 0;
@@ -1517,6 +1557,8 @@ static int serve(int guest)
 			write_all(2, "executor: --serve: fork failed\n", 31);
 		char m[32];
 		int status = pid < 0 ? 1 : serve_wait(pid, secs);
+		if (status == SERVE_HANGUP)
+			break;
 		int k = status < 0 ? snprintf(m, sizeof(m), "end timeout\n")
 				   : snprintf(m, sizeof(m), "end %d\n", status);
 		write_all(1, m, k);

@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -244,16 +243,17 @@ def test_serve_rejects_malformed_framing(feed):
 
 @needs_kernel
 def test_serve_takes_its_khugepaged_keeper_along():
-    """The server forks a keeper (a registered mm of its own) and reaps it before it exits."""
+    """The server forks a keeper (a registered mm of its own), serves no script before the
+    keeper's MADV_HUGEPAGE, and reaps it before it exits."""
     p = subprocess.Popen([driver._executor(None), "--serve"], stdin=subprocess.PIPE,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    children = f"/proc/{p.pid}/task/{p.pid}/children"
-    for _ in range(200):
-        kids = open(children).read().split()
-        if kids:
-            break
-        time.sleep(0.01)
-    assert len(kids) == 1
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    body = b"arena 1\nprctl_get\n"
+    p.stdin.write(b"script %d 10\n" % len(body) + body)
+    p.stdin.flush()
+    assert p.stdout.readline().startswith(b"1 ret=0 ")
+    assert p.stdout.readline() == b"end 0\n"
+    kids = open(f"/proc/{p.pid}/task/{p.pid}/children").read().split()
+    assert len(kids) == 1  # the script's child is reaped; the keeper stays
     assert "hg" in open(f"/proc/{kids[0]}/smaps").read()  # MADV_HUGEPAGE on its 2 MiB
     p.communicate(b"nonsense\n", timeout=30)
     assert p.returncode == 2 and not os.path.exists(f"/proc/{kids[0]}")
