@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import gc
 import json
 import os
@@ -292,7 +293,8 @@ class Pool:
     DEPTH = 2  # shards queued per worker, so that none idles while this process runs one
 
     def __init__(self, n: int) -> None:
-        self.procs = [subprocess.Popen([sys.executable, "-m", "vmaflags.conformance.sequences"],
+        self.procs = [subprocess.Popen([sys.executable, "-m", "vmaflags.conformance.sequences",
+                                        str(os.getpid())],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                       for _ in range(n)]
 
@@ -353,9 +355,20 @@ def _result(d: dict) -> ShardResult:
     return ShardResult(**d)
 
 
+def _die_with(runner: int) -> None:
+    """SIGKILL when the runner dies (PR_SET_PDEATHSIG), also if it died before we asked: a
+    killed `vmaflags conform` must not leave a worker (and its executor server, whose output
+    then has no reader) running out its shard.  A write to a runner gone away ends us silently."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if os.getppid() != runner:
+        os._exit(1)
+
+
 @_rare_gc()
 def _worker() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides; it kills us if need be
+    _die_with(int(sys.argv[1]))
     for line in sys.stdin:
         job = json.loads(line)
         r = run_shard(era_at(job["era"], job["kernel"]), Shard(**job["shard"]))

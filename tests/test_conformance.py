@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -257,6 +258,52 @@ def test_serve_takes_its_khugepaged_keeper_along():
     assert "hg" in open(f"/proc/{kids[0]}/smaps").read()  # MADV_HUGEPAGE on its 2 MiB
     p.communicate(b"nonsense\n", timeout=30)
     assert p.returncode == 2 and not os.path.exists(f"/proc/{kids[0]}")
+
+
+@needs_kernel
+def test_serve_ends_when_nobody_reads():
+    """The driver killed mid-script (its end of the output pipe closed): the server kills the
+    script, here inside a khugepaged wait, and its keeper, and exits at once."""
+    p = subprocess.Popen([driver._executor(None), "--serve"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    body = b"arena 1\nkhugepaged 20000\n"
+    p.stdin.write(b"script %d 60\n" % len(body) + body)
+    p.stdin.flush()
+    deadline = time.monotonic() + 10
+    while len(kids := open(f"/proc/{p.pid}/task/{p.pid}/children").read().split()) < 2:
+        assert time.monotonic() < deadline, "the script never started"
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    p.stdout.close()
+    p.wait(timeout=10)
+    assert time.monotonic() - t0 < 1
+    assert not [k for k in kids if os.path.exists(f"/proc/{k}")]
+
+
+@needs_kernel
+def test_killed_conform_leaves_no_process(tagged):
+    """SIGKILL of `vmaflags conform` in its random run: one second later none of its processes
+    (executor servers, their scripts and keepers, workers) is left, and none printed a
+    traceback (a worker writing to the dead runner)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "vmaflags")
+    p = subprocess.Popen([exe, "conform", "--scenario", "split-merge", "--examples", "100000",
+                          "--seed", "1"], env=tagged.env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while not any("vmaflags.conformance.sequences" in c for c in tagged.alive().values()):
+            assert p.poll() is None, p.stderr.read().decode()
+            assert time.monotonic() < deadline, "no random-testing worker started"
+            time.sleep(0.05)
+        time.sleep(1)  # shards under way in the runner and the worker
+        assert sum("--serve" in c for c in tagged.alive().values()) >= 2
+    finally:
+        p.kill()
+        p.wait()
+    time.sleep(1)
+    assert tagged.alive() == {}
+    os.set_blocking(p.stderr.fileno(), False)
+    assert b"Traceback" not in (p.stderr.read() or b"")
 
 
 @needs_kernel
