@@ -148,7 +148,7 @@ def test_replay(guard):
 def test_random_sequences_agree(guard):
     mode = sysfs.read("enabled")
     r = sequences.run(ERA, 100, 7, [mode], None, workers=1)
-    assert r.examples >= 100 and r.transitions > 1000
+    assert r.examples == 100 and r.transitions > 1000 and r.shrink_examples == 0
     assert not r.divergences and not r.errors, r.divergences
 
 
@@ -159,6 +159,7 @@ def test_random_sequences_shrink_a_divergence(guard):
     r = sequences.run_shard(ERAS["mmf"], sequences.Shard(0, 11, mode, 2, 50))
     d = r.divergence
     assert d is not None
+    assert 1 <= r.examples <= 50 and r.shrink_examples > 0  # the shard stops at a divergence
     script = parse_script(d["script"])
     assert 1 <= len(script.steps) <= 3
     assert driver.check(ERAS["mmf"], script, host.live_mode()).divergence is not None
@@ -340,6 +341,16 @@ def test_random_run_does_not_count_empty_scripts():
     assert r.examples == 8 and r.transitions >= 8 and not r.error
 
 
+@needs_kernel
+@pytest.mark.parametrize("n", [1, 5, 9, 100])
+def test_examples_n_runs_n_sequences(n):
+    """--examples N checks exactly N sequences, whatever the shards and batches."""
+    p = _cli("conform", "--scenario", "split-merge", "--examples", str(n), "--seed", str(n),
+             "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["random"]["examples"] == n
+
+
 def test_shard_sizes_cover_the_examples_and_shorten_at_the_end():
     for n in (0, 1, 7, 8, 97, 2000):
         sizes = sequences.shard_sizes(n)
@@ -380,7 +391,8 @@ def test_json_output_and_a_wrong_era_fails():
     (s,) = d["scenarios"]
     assert s["name"] == "prctl-errno-6.18" and s["status"] == "diverge" and s["steps"] == 18
     assert set(d["random"]) >= {"examples", "transitions", "divergences"}
-    assert d["random"]["divergences"] and d["random"]["examples"] >= 20
+    assert d["random"]["divergences"] and 1 <= d["random"]["examples"] <= 20
+    assert d["random"]["shrink_examples"] > 0  # the divergence confirmed and shrunk
     assert d["seconds"] > 0 and d["transitions_per_second"] > 0
 
 

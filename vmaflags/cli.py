@@ -83,7 +83,9 @@ def conform(era: Optional[str] = typer.Option(None, help="era id (default: ident
             identify: bool = typer.Option(False, "--identify", help="only identify the era"),
             scenario: Optional[List[str]] = typer.Option(None, "--scenario", help="scenario name"),
             examples: Optional[int] = typer.Option(
-                None, help="random sequences to run (default 2000; 0 with --scenario)"),
+                None, help="random sequences to check, exactly (default 2000; 0 with "
+                "--scenario); a shard stops at its first divergence, and the scripts run to "
+                "shrink it are counted apart"),
             seed: Optional[int] = typer.Option(None, help="seed for the random sequences"),
             json_out: bool = typer.Option(False, "--json", help="JSON on stdout"),
             ktap: bool = typer.Option(False, "--ktap", help="KTAP on stdout")) -> None:
