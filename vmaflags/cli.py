@@ -1,4 +1,4 @@
-"""The `vmaflags` command: eras, run (a script on the model), prove, conform."""
+"""The `vmaflags` command: eras, run (a script on the model), prove, conform, kernel."""
 from __future__ import annotations
 
 import sys
@@ -7,7 +7,6 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from vmaflags.model import ERAS, ScriptError, era as era_by_id, parse_script
 
@@ -33,10 +32,13 @@ def eras_or_fail(ids: Optional[List[str]]) -> list:
 @app.command()
 def eras() -> None:
     """List the kernel eras (semantics) with their kernel ranges and features."""
-    t = Table("era", "kernels", "modelled as", "summary")
+    import textwrap
+
+    typer.echo(f"{'era':<20} {'kernels':<26} within-era features of")
     for e in ERAS.values():
-        t.add_row(e.id, e.kernels, e.kernel, e.summary)
-    console.print(t)
+        typer.echo(f"{e.id:<20} {e.kernels:<26} {e.kernel}")
+        typer.echo(textwrap.fill(e.summary, 79, initial_indent=" " * 4,
+                                 subsequent_indent=" " * 4, break_long_words=False))
 
 
 @app.command()
@@ -96,6 +98,17 @@ def conform(era: Optional[str] = typer.Option(None, help="era id (default: ident
     raise typer.Exit(run_conform(e, identify, scenario, examples, seed, json_out, ktap))
 
 
+@app.command()
+def stress(tries: int = typer.Option(500, help="tries per race (each in a fresh process)"),
+           seconds: float = typer.Option(20.0, help="time limit per race"),
+           json_out: bool = typer.Option(False, "--json", help="JSON on stdout")) -> None:
+    """Try the races of the concurrency theorems on this kernel; exit 1 if one contradicts
+    the model."""
+    from vmaflags.conformance.stress import command
+
+    raise typer.Exit(command(tries, seconds, json_out))
+
+
 vm_app = typer.Typer(no_args_is_help=True,
                      help="Test VMs: other kernels under qemu, checked like this machine.")
 app.add_typer(vm_app, name="vm")
@@ -131,6 +144,29 @@ def vm_matrix(kernel: Optional[List[str]] = typer.Option(
     from vmaflags.conformance.vm.command import matrix
 
     raise typer.Exit(matrix(kernel, examples, seed, json_out))
+
+
+kernel_app = typer.Typer(no_args_is_help=True,
+                         help="Build the test kernels of kernel-patch/ (cached).")
+app.add_typer(kernel_app, name="kernel")
+
+
+@kernel_app.command("build")
+def kernel_build(name: str = typer.Argument("patched-6.12", help="kernel name (kernel list)"),
+                 jobs: Optional[int] = typer.Option(None, "--jobs", "-j",
+                                                    help="make -j (default: every CPU)")) -> None:
+    """Build a test kernel, its config and static kselftests; print where they are."""
+    from vmaflags.kernel.command import build_command
+
+    raise typer.Exit(build_command(name, jobs))
+
+
+@kernel_app.command("list")
+def kernel_list() -> None:
+    """The test kernels: source version, patch series, and whether a build is cached."""
+    from vmaflags.kernel.command import list_command
+
+    raise typer.Exit(list_command())
 
 
 def main() -> None:
