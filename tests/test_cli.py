@@ -57,6 +57,11 @@ BAD = [
     (["vm", "run", "--kernel", "debian-6.12", "--examples", "-3"], "--examples must be from 0"),
     (["vm", "run", "--kernel", "debian-6.12", "--json", "--ktap"], "choose one of"),
     (["vm", "matrix", "--examples", "-1"], "--examples must be from 0"),
+    (["stress", "--tries", "0"], "--tries must be >= 1"),
+    (["stress", "--seconds", "nan"], "--seconds > 0 (finite)"),
+    (["kernel", "build", "bogus"], "unknown kernel 'bogus'"),
+    (["kernel", "build", "patched-6.12", "--jobs", "0"], "--jobs must be >= 1"),
+    (["kernel", "list", "extra"], "unexpected extra argument"),
     (["eras", "extra"], "unexpected extra argument"),
     (["frobnicate"], "No such command"),
 ]
