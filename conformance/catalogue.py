@@ -167,6 +167,12 @@ def _run_mode(sc: Scenario, name: str, mode: str, era: Era,
 
 def _attempt(sc: Scenario, mode: str, era: Era, guard: sysfs.SysfsGuard | None
              ) -> Divergence | None:
+    return check(sc, mode, era, guard).divergence
+
+
+def check(sc: Scenario, mode: str, era: Era, guard: sysfs.SysfsGuard | None) -> driver.Checked:
+    """Run the scenario once under `mode` (through the guard: the mode, and khugepaged's fast
+    tuning with a keeper for a `khugepaged` step) on the kernel under test and on the model."""
     keep: contextlib.AbstractContextManager = contextlib.nullcontext()
     if guard is not None:
         guard.reset()
@@ -178,8 +184,7 @@ def _attempt(sc: Scenario, mode: str, era: Era, guard: sysfs.SysfsGuard | None
                 keep = host.keeper()
     try:
         with keep:
-            live = host.live_mode()
-            return driver.check(era, sc.script, live).divergence
+            return driver.check(era, sc.script, host.live_mode())
     finally:
         if guard is not None:
             guard.reset()

@@ -99,6 +99,20 @@ def conform(era: Optional[str] = typer.Option(None, help="era id (default: ident
 
 
 @app.command()
+def replay(script: str = typer.Argument(..., help="replay file (a script, or `#! process:` "
+                                                "sections), - for stdin"),
+           era: Optional[str] = typer.Option(None, help="era id (default: identify it)"),
+           kernel: Optional[str] = typer.Option(
+               None, help="a test VM's SPEC (vmaflags vm) instead of this machine"),
+           json_out: bool = typer.Option(False, "--json", help="JSON on stdout")) -> None:
+    """Run a script (a proof's counterexample) on a kernel and on the model, side by side;
+    exit 1 where they part."""
+    from vmaflags.conformance.replay import command
+
+    raise typer.Exit(command(script, era, kernel, json_out))
+
+
+@app.command()
 def stress(tries: int = typer.Option(500, help="tries per race (each in a fresh process)"),
            seconds: float = typer.Option(20.0, help="time limit per race"),
            json_out: bool = typer.Option(False, "--json", help="JSON on stdout")) -> None:
