@@ -53,7 +53,8 @@ def run(script: Path = typer.Argument(..., help="script file (conformance/SCRIPT
     if sysfs not in SYSFS_MODES:
         fail(f"unknown sysfs mode {sysfs!r}; valid: {', '.join(SYSFS_MODES)}")
     try:
-        text = sys.stdin.read() if str(script) == "-" else script.read_text()
+        # bytes: a script need not be UTF-8 (SCRIPT.md), as the executor reads it
+        text = sys.stdin.buffer.read() if str(script) == "-" else script.read_bytes()
         s = parse_script(text)
         outcomes = concrete.run(e, s, SYSFS_MODES.index(sysfs))
     except OSError as err:
@@ -74,6 +75,8 @@ def prove(theorem: Optional[List[str]] = typer.Option(None, "--theorem", help="t
     """Prove or refute the theorem catalogue, per era; non-zero if a verdict is unexpected."""
     from vmaflags.proofs.command import prove as run_prove
 
+    if json_out and ktap:
+        fail("choose one of --json and --ktap")
     raise typer.Exit(run_prove(theorem, eras_or_fail(era), json_out, ktap))
 
 
@@ -82,7 +85,9 @@ def conform(era: Optional[str] = typer.Option(None, help="era id (default: ident
             identify: bool = typer.Option(False, "--identify", help="only identify the era"),
             scenario: Optional[List[str]] = typer.Option(None, "--scenario", help="scenario name"),
             examples: Optional[int] = typer.Option(
-                None, help="random sequences to run (default 2000; 0 with --scenario)"),
+                None, help="random sequences to check, exactly (default 2000; 0 with "
+                "--scenario); a shard stops at its first divergence, and the scripts run to "
+                "shrink it are counted apart"),
             seed: Optional[int] = typer.Option(None, help="seed for the random sequences"),
             json_out: bool = typer.Option(False, "--json", help="JSON on stdout"),
             ktap: bool = typer.Option(False, "--ktap", help="KTAP on stdout")) -> None:
@@ -224,4 +229,22 @@ def kernel_list() -> None:
 
 
 def main() -> None:
-    app()
+    """The `vmaflags` command.  A usage error (unknown option, bad value, missing argument) is
+    one line on stderr and exit 2, like every other bad input, rather than the framework's box;
+    its classes differ between typer versions (click's, or typer's copy), hence the duck typing."""
+    try:
+        code = app(standalone_mode=False)
+    except Exception as e:
+        if not (hasattr(e, "format_message") and getattr(e, "exit_code", None) == 2):
+            if type(e).__name__ == "Abort":  # end of input at a prompt
+                sys.exit(1)
+            raise
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `vmaflags` or `vmaflags vm`
+            e.show()  # type: ignore[attr-defined]
+            sys.exit(2)
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "vmaflags"
+        msg = " ".join(e.format_message().split())  # type: ignore[attr-defined]
+        typer.echo(f"{where}: {msg} (see {where} --help)", err=True)
+        code = 2
+    sys.exit(code if isinstance(code, int) else 0)
