@@ -8,6 +8,7 @@ EINVAL where 6.4+ returns EBUSY).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 # prctl flavours (kernel/sys.c PR_SET_THP_DISABLE)
@@ -72,6 +73,16 @@ class Era:
     # 6.12.117 calls it from madvise_update_vma() on the piece, after an actual change.  Other
     # 6.2-6.13 releases are not checked; only 6.12 is set False.
     hugepage_madvise_registers: bool = True
+    # >= 6.4 (0bff0aaea03e "x86/mm: try VMA lock-based page fault handling first"): anonymous
+    # faults hold the VMA's own lock (lock_vma_under_rcu), not the mmap_lock; before, the mmap
+    # read lock.  Writers of vm_flags take the VMA write lock (vma_start_write), the prctl does
+    # not: see locks.py.
+    per_vma_lock_faults: bool = False
+    # >= 4.8 (hugepage_vma_revalidate, Ebru Akagunduz's khugepaged swapin series):
+    # collapse_huge_page() re-validates the VMA under the mmap read lock before the swapin, then
+    # again under the write lock; before, only under the write lock (find_vma +
+    # hugepage_vma_check inline, 4.0 mm/huge_memory.c).
+    collapse_revalidate_read: bool = True
 
     def at(self, kernel: str) -> Era:
         v = _version(kernel)
@@ -89,6 +100,8 @@ class Era:
             uffd_merge_pgoff=v >= (6, 4),
             uffd_copy_prepares_anon_first=v >= (6, 9),
             mmap_merge_prev_first=v >= (6, 12),
+            per_vma_lock_faults=v >= (6, 4),
+            collapse_revalidate_read=v >= (4, 8),
         )
 
     @property
@@ -130,3 +143,11 @@ def era(id: str) -> Era:
         return ERAS[id]
     except KeyError:
         raise ValueError(f"unknown era {id!r}; valid eras: {', '.join(ERAS)}") from None
+
+
+@functools.cache
+def era_at(id: str, kernel: str) -> Era:
+    """ERAS[id] with the within-era features of `kernel` (Era.at), one object per pair: the
+    interpreter memoises its rules per era object."""
+    e = era(id)
+    return e if kernel == e.kernel else e.at(kernel)
