@@ -14,7 +14,6 @@ import os
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress
@@ -67,10 +66,12 @@ Job = tuple[str, "str | None", str]
 
 def obligations(theorems: list[str] | None, eras: list[Era]) -> list[Job]:
     """(theorem, protocol, era key) in catalogue order, limited to the expected table's eras
-    (an `era@kernel` row belongs to its era)."""
+    (an `era@kernel` row belongs to its era), with the theorems the chosen ones depend on."""
     ids = {e.id for e in eras}
+    wanted = set(theorems or THEOREMS)
+    wanted |= {d for t in wanted for d in THEOREMS[t].depends}
     out = []
-    for tid in theorems or list(THEOREMS):
+    for tid in (t for t in THEOREMS if t in wanted):
         for p in (PROTOCOL_ORDER if THEOREMS[tid].protocols else (None,)):
             rows = EXPECTED.get((tid, p), {})
             out += [(tid, p, key) for key in rows if key.partition("@")[0] in ids]
@@ -111,7 +112,25 @@ def run(jobs: list[Job], show_progress: bool) -> list[Row]:
             for i, row in zip(order[n], rows):
                 results[i] = row
             progress.advance(task, len(rows))
-    return [results[i] for i in range(len(jobs))]
+    return settle([results[i] for i in range(len(jobs))])
+
+
+def settle(rows: list[Row]) -> list[Row]:
+    """An unbounded argument holds only if the theorems it uses are proved in its era; else
+    the row says what was checked: its bounded run."""
+    verdicts = {(r.theorem, r.era): r.v.verdict for r in rows if r.protocol is None}
+    for r in rows:
+        v = r.v
+        if not v.method.startswith("unbounded"):
+            continue
+        missing = [f"{d}:{r.era}" for d in THEOREMS[r.theorem].depends
+                   if verdicts.get((d, r.era)) != "proved"]
+        if missing:
+            v.method, v.bound = "bounded", v.cross_check.split("[")[1].split("]")[0]
+            v.note = "; ".join(filter(None, [v.note, "no unbounded argument: "
+                                             + ", ".join(missing) + " not proved"]))
+            v.argument, v.cross_check = [], None
+    return rows
 
 
 def ktap(rows: list[Row]) -> str:

@@ -15,7 +15,10 @@ CLR = ("def-flags-clr", "mmf-clr")
 P, R, A = "proved", "refuted", "aborted"
 
 EXPECTED: dict[tuple[str, str | None], dict[str, tuple[str, str]]] = {
-    ("hg-nh-exclusive", None): {e: (P, "each advice sets its bit and clears the other") for e in ALL},
+    ("hg-nh-exclusive", None): {e: (P, "each advice sets its bit and clears the other")
+                                for e in ALL},
+    ("restore-frame", None): {e: (P, "per-cell rules, per-PMD THP and page-table changes")
+                              for e in ALL},
     ("prctl-transparent", None): {
         "def-flags": (R, "VMAs mapped while def_flags has VM_NOHUGEPAGE keep nh"),
         "def-flags-clr": (R, "as def-flags: the prctl is a template for new VMAs"),

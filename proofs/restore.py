@@ -17,7 +17,7 @@ from vmaflags.conformance.driver import parse_line
 from vmaflags.model import arena, concrete, rules
 from vmaflags.model import step as S
 from vmaflags.model import symbolic
-from vmaflags.model.backend import PY, Z3
+from vmaflags.model.backend import Z3
 from vmaflags.model.eras import Era
 from vmaflags.model.observe import observe, vma_fact
 from vmaflags.model.state import Mm, State, cells, empty_state, hole
@@ -87,7 +87,7 @@ def _steps_run(facts: list[Any], run: E.Run) -> tuple[str, list[str]]:
             [f"restore step {n} never runs" for n in dead])
 
 
-# --- what criu-restore-original compares ---------------------------------------------------------
+# --- what criu-restore-original compares ------------------------------------------------------
 
 def _per_cell(pred: Callable[..., Any]) -> Callable[[Era, State, State], Any]:
     def compare(era: Era, dump: State, end: State) -> Any:
@@ -189,7 +189,31 @@ def _final(era: Era, steps: list[Syscall], sysfs: int, blocks: int) -> str:
     return observe(era, st, ret).text()
 
 
-# --- criu-restore-original ----------------------------------------------------------------------
+# The unbounded arguments (README.md): the bounded run of the row, the lemmas of restore-frame
+# and hg-nh-exclusive in the same era (`vmaflags prove` runs them too, and reports the row as
+# bounded if one of them is not proved), and how they compose.
+PER_VMA = [
+    "bounded [2x2]: every dump of up to 4 VMAs restores, without a failed step",
+    "restore-frame L1-L3: a VMA's flags change only by steps on its range, per cell, and "
+    "the mm only by the prctl steps, so each VMA of any dump ends as one alone does",
+    "restore-frame L8: a step fails only for a cell of its range, so no step fails",
+    "restore-frame L4 and hg-nh-exclusive (sane is inductive: one VMA, one set of flags): "
+    "dumped neighbours differ in hg/nh, so their boundary comes back; none appears inside",
+    "restore-frame R3: equal hg/nh, bounds and PR_GET give equal THPeligible",
+]
+PER_PMD = [
+    "bounded [2x2]: at every point, every PMD with lazy pages is not a THP and either not "
+    "in one VMA, THP-disabled (vma_thp_disabled), without a page table, or in a "
+    "userfaultfd-armed VMA with a hole",
+    "restore-frame R1, R2: such a PMD collapses neither by khugepaged nor by MADV_COLLAPSE, "
+    "whatever its anon_vma and the sysfs mode",
+    "restore-frame L1-L7: a PMD's cells, page table and THP change only by steps on ranges "
+    "that meet it, per cell, and the mm only by the prctl steps, so each PMD of any dump "
+    "goes through the states a PMD of the bounded arena does",
+]
+
+
+# --- criu-restore-original --------------------------------------------------------------------
 
 def criu_restore_original(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_SHAPE,
                           observations: tuple[str, ...] = tuple(OBSERVATIONS)) -> Verdict:
@@ -220,7 +244,8 @@ def criu_restore_original(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_S
                             f"where no step fails: {where}")
     r, m = E.check(*facts, z3.Not(same))
     if r == z3.unsat:
-        return Verdict("proved", "bounded", bound, vacuity=vac, quantified=q)
+        return Verdict("proved", "unbounded (per-VMA)", vacuity=vac, quantified=q,
+                       argument=PER_VMA, cross_check=f"bounded [{bound}]: proved")
     if r != z3.sat:
         return Verdict("unknown", "bounded", bound, vacuity=vac, quantified=q, note=str(r))
     cex = _criu_cex(era, dump, run, m, shp)
@@ -234,7 +259,7 @@ def criu_restore_original(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_S
                    note="differs in " + ", ".join(differs))
 
 
-# --- no-collapse-window -------------------------------------------------------------------------
+# --- no-collapse-window -----------------------------------------------------------------------
 
 # What may turn a PMD into a THP besides the restore's own faults (a PMD that already is one
 # stays one under either, so "already a THP" is part of both): one khugepaged scan, and
@@ -308,7 +333,14 @@ def no_collapse_window(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_SHAP
         vac.append("no adversary exists in this era")
     r, m = E.check(*facts, j >= 0, j < len(run.states), *at, z3.Or(*bad))
     if r == z3.unsat:
-        return Verdict("proved", "bounded", bound, vacuity=vac, quantified=q)
+        # the per-PMD invariant of the unbounded argument (PER_PMD), on the same points
+        broken = z3.Or(*(z3.And(lazy_blk[k], z3.Not(_safe_pmd(era, h, k)))
+                         for k in range(len(h.blocks))))
+        if E.check(*facts, j >= 0, j < len(run.states), *at, broken)[0] == z3.unsat:
+            return Verdict("proved", "unbounded (per-PMD)", vacuity=vac, quantified=q,
+                           argument=PER_PMD, cross_check=f"bounded [{bound}]: proved")
+        return Verdict("proved", "bounded", bound, vacuity=vac, quantified=q,
+                       note="the per-PMD invariant does not hold: no unbounded argument")
     if r != z3.sat:
         return Verdict("unknown", "bounded", bound, vacuity=vac, quantified=q, note=str(r))
     k, what = next(w for b, w in zip(bad, where) if E.val(m, b))
@@ -324,6 +356,19 @@ def no_collapse_window(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_SHAP
         return Verdict("unknown", "bounded", bound, cex, vac, quantified=q,
                        note=note + "; does not replay")
     return Verdict("refuted", "bounded", bound, cex, vac, quantified=q, note=note)
+
+
+def _safe_pmd(era: Era, st: State, k: int) -> Any:
+    """PMD k can become a THP neither by itself nor by an adversary (restore-frame R1, R2):
+    not a THP, and not in one VMA, or THP-disabled there, or without a page table, or in a
+    userfaultfd-armed VMA with a hole."""
+    blk = st.blocks[k]
+    c0 = blk.cells[0]
+    return z3.And(z3.Not(blk.thp), z3.Or(
+        z3.Not(arena.in_one_vma(Z3, blk.cells)),
+        rules.vma_thp_disabled(Z3, era, c0.flags, st.mm, True),
+        z3.Not(blk.ptable),
+        z3.And(z3.Or(c0.um, c0.uw), z3.Not(z3.And(*(c.pop for c in blk.cells))))))
 
 
 def _replays_thp(era: Era, steps: list[Syscall], sysfs: int, blocks: int, k: int,

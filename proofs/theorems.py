@@ -21,13 +21,14 @@ import z3
 from vmaflags.model import rules
 from vmaflags.model import step as S
 from vmaflags.model import symbolic
-from vmaflags.model.backend import PY, Z3
+from vmaflags.model.backend import Z3
 from vmaflags.model.eras import Era
 from vmaflags.model.state import Flags, Mm, State, cells
 from vmaflags.model.syscalls import (MADV_CLR_HUGEPAGE, MADV_COLLAPSE, MADV_NOHUGEPAGE,
                                      PMD_PAGES, Execve, Fork, Madvise, Mmap, PrctlSet, Syscall)
 
 from . import engine as E
+from .frame import restore_frame
 from .restore import criu_restore_original, no_collapse_window
 from .states import Inputs, inputs, sane, state, state_dims
 from .verdict import (Vacuous, Verdict, coverage, enabled, replay, sat_or_vacuous,
@@ -357,6 +358,7 @@ class Theorem:
     statement: str
     check: Callable[..., Verdict]
     protocols: bool = False  # checked once per restore protocol
+    depends: tuple[str, ...] = ()  # theorems its unbounded argument uses, in the same era
 
 
 THEOREMS: dict[str, Theorem] = {t.id: t for t in (
@@ -366,9 +368,11 @@ THEOREMS: dict[str, Theorem] = {t.id: t for t in (
             "the same sequence without them", prctl_transparent),
     Theorem("criu-restore-original", "the restore completes and yields the dumped mappings, "
             "VmFlags hg/nh, VMA boundaries and PR_GET value", criu_restore_original,
-            protocols=True),
+            protocols=True, depends=("hg-nh-exclusive", "restore-frame")),
     Theorem("no-collapse-window", "no PMD still missing dumped pages can become a THP during "
-            "the restore", no_collapse_window, protocols=True),
+            "the restore", no_collapse_window, protocols=True, depends=("restore-frame",)),
+    Theorem("restore-frame", "the lemmas that take the CRIU theorems to any number of VMAs "
+            "and PMDs", restore_frame),
     Theorem("clr-is-neutral", "after MADV_CLR_HUGEPAGE a VMA's flags and eligibility equal a "
             "fresh mmap's", clr_is_neutral),
     Theorem("no-return-to-neither", "without CLR no madvise takes a VMA with hg or nh back to "

@@ -74,7 +74,7 @@ def test_catalogue_matches_the_expected_table():
     assert len(JOBS) == sum(len(rows) for rows in EXPECTED.values())
 
 
-# --- what the command prints ---------------------------------------------------------------------
+# --- what the command prints ------------------------------------------------------------------
 
 def test_json_is_repeatable_and_labelled():
     runner = CliRunner()
@@ -135,7 +135,21 @@ def test_a_failing_restore_step_is_an_aborted_restore():
     assert "nohugepage" in last["syscall"] and last["observation"].startswith("ret=-EINVAL")
 
 
-# --- the step alphabet ----------------------------------------------------------------------------
+def test_an_unbounded_argument_needs_its_lemmas():
+    """If restore-frame were not proved in an era, the CRIU rows say what was checked."""
+    from vmaflags.proofs.command import Row, settle
+    proved = T.Verdict("proved", "unbounded (per-VMA)", argument=["..."],
+                       cross_check="bounded [2x2]: proved")
+    rows = [Row("hg-nh-exclusive", "mmf", None, "proved", "", T.Verdict("proved", "induction"),
+                0),
+            Row("restore-frame", "mmf", None, "proved", "", T.Verdict("refuted", "one-step"),
+                0),
+            Row("criu-restore-original", "mmf", "criu-fixed", "proved", "", proved, 0)]
+    v = settle(rows)[2].v
+    assert v.label == "bounded [2x2]" and "restore-frame:mmf not proved" in v.note
+
+
+# --- the step alphabet ------------------------------------------------------------------------
 
 def test_alphabet_has_every_step_kind_of_the_language():
     assert set(E.TEMPLATES) == set(STEPS.values())
@@ -153,7 +167,7 @@ def test_a_new_step_kind_without_templates_fails(monkeypatch):
         E.alphabet(ERAS["mmf"])
 
 
-# --- vacuity and sensitivity ----------------------------------------------------------------------
+# --- vacuity and sensitivity ------------------------------------------------------------------
 
 def test_fixing_sysfs_makes_rule_level_theorems_vacuous(monkeypatch):
     real = states.inputs
@@ -250,7 +264,7 @@ def test_each_compared_observation_decides_a_verdict(monkeypatch, name):
     assert after.verdict == "proved"
 
 
-# --- mutations: a broken rule must flip the verdict of the theorem about it ---------------------
+# --- mutations: a broken rule must flip the verdict of the theorem about it -------------------
 
 def _keep_other_bit(B, era, f, advice):
     hg = advice == 14
@@ -320,9 +334,19 @@ def _sysfs_sets_hg(B, era, st, sc, args):
     return ret, new, child
 
 
+def _madvise_leaks(B, era, st, a, b, advice):
+    """madvise also advises the cell just before its range."""
+    ret, new = ORIG_STEP["madvise"](B, era, st, a, b, advice)
+    cs = [c for blk in new.blocks for c in blk.cells]
+    leak = [B.and_(c.mapped, c.end == a) for c in cs]
+    it = iter(leak)
+    return ret, new._replace(blocks=tuple(b._replace(cells=tuple(
+        c._replace(hg=B.or_(c.hg, next(it))) for c in b.cells)) for b in new.blocks))
+
+
 ORIG = {n: getattr(rules, n) for n in ("hugepage_madvise", "collapse_pmd",
                                         "thp_vma_allowable", "mm_init")}
-ORIG_STEP = {n: getattr(S, n) for n in ("khugepaged", "transition")}
+ORIG_STEP = {n: getattr(S, n) for n in ("khugepaged", "transition", "madvise")}
 
 MUTATIONS = [
     # theorem, protocol, era, module, function, mutant
@@ -342,6 +366,7 @@ MUTATIONS = [
     ("collapse-ignores-sysfs", None, "mmf-except-advised", rules, "thp_vma_allowable",
      _collapse_enforces_sysfs),
     ("disable-inherited", None, "mmf-except-advised", rules, "mm_init", _exec_forgets),
+    ("restore-frame", None, "mmf", S, "madvise", _madvise_leaks),
 ]
 
 
