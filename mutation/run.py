@@ -45,9 +45,10 @@ import pytest
 @pytest.fixture(autouse=True)
 def _forget_memoised_results():
     from vmaflags.model import concrete
-    from vmaflags.proofs import restore
+    from vmaflags.proofs import contract, restore
     concrete.clear_caches()
     restore.restore_run.cache_clear()
+    contract.any_step.cache_clear()
     yield
 '''
 

@@ -94,13 +94,13 @@ def _indexed(item: tuple[int, list[Job]]) -> tuple[int, list[Row]]:
 
 def run(jobs: list[Job], show_progress: bool) -> list[Row]:
     """Run the obligations on all cores.  The two CRIU theorems of one protocol and era go to
-    the same worker, which builds the protocol's symbolic run once for both."""
+    the same worker, which builds the protocol's symbolic run once for both; so do the other
+    theorems of one era (some share a symbolic step)."""
     groups: dict[tuple, list[int]] = {}
     for i, (tid, p, key) in enumerate(jobs):
-        groups.setdefault((p, key) if p else (tid, key), []).append(i)
+        groups.setdefault((p, key), []).append(i)
     # Heavier batches first, so the pool does not end on a long one.
-    order = sorted(groups.values(),
-                   key=lambda b: len(b) + THEOREMS[jobs[b[0]][0]].protocols, reverse=True)
+    order = sorted(groups.values(), key=lambda b: (len(b), b[0]), reverse=True)
     batches = [(n, [jobs[i] for i in b]) for n, b in enumerate(order)]
     workers = max(1, min(len(batches), os.cpu_count() or 1))
     results: dict[int, Row] = {}

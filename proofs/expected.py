@@ -47,6 +47,14 @@ EXPECTED: dict[tuple[str, str | None], dict[str, tuple[str, str]]] = {
     },
     ("disable-inherited", None): {e: (P, "MMF_INIT_MASK / VM_INIT_DEF_MASK in mm_init")
                                   for e in ALL},
+    ("fork-and-exec", None): {e: (P, "dup_mmap copies VMAs; dup_userfaultfd drops uffd flags")
+                              for e in ALL},
+    ("uffd-leaves-no-trace", None): {e: (P, "unregister and release clear what register set")
+                                     for e in ALL},
+    ("documented-returns", None): {e: (P, "madvise(2), prctl(2), ioctl_userfaultfd(2) errors")
+                                   for e in ALL},
+    ("status-shows-prctl", None): {e: (P, "task_thp_status tests MMF_DISABLE_THP(_COMPLETELY)")
+                                   for e in ("mmf", "mmf-except-advised", "mmf-clr")},
 }
 
 # Why, from CRIU's code (protocols.py cites each step):

@@ -53,13 +53,20 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from vmaflags.model import arena
+from vmaflags.model import step as S
 from vmaflags.model.backend import Z3
 from vmaflags.model import rules
 from vmaflags.model.state import State, cells
 from vmaflags.model.syscalls import (MADV_CLR_HUGEPAGE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, Madvise,
-                                     Mmap, PrctlSet, Touch, UffdRegister)
+                                     Mmap, PrctlGet, PrctlSet, Touch, UffdRegister)
 
 from .engine import Run
+
+
+def pr_get(era: Any, st: State) -> Any:
+    """What prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) returns in `st`: the parasite's call
+    (dump_misc), and what a restored process's owner would ask."""
+    return S.transition(Z3, era, st, PrctlGet(), (0, 0, 0, 0))[0]
 
 
 class Restore:
@@ -69,7 +76,7 @@ class Restore:
         self.run, self.dump, self.protocol = run, dump, protocol
         self.cs = cells(dump)
         self.views = arena.vma_views(Z3, self.cs)
-        self.saved_get = rules.thp_disable_value(Z3, run.era, dump.mm)
+        self.saved_get = pr_get(run.era, dump)
 
     def written(self, i: int) -> Any:
         """Does the restore write cell i's pages before the lazy phase?"""

@@ -26,7 +26,7 @@ from vmaflags.model.syscalls import (MADV_COLLAPSE, MADV_HUGEPAGE, MADV_NOHUGEPA
                                      Touch)
 
 from . import engine as E
-from .protocols import PROTOCOLS, Restore
+from .protocols import PROTOCOLS, Restore, pr_get
 from .states import era_mm, era_modes, sane, vm_flags
 from .verdict import Verdict, coverage, replay, sat_or_vacuous, shape_text
 
@@ -69,7 +69,7 @@ def restore_run(era: Era, protocol: str, shp: tuple[int, ...]
 def dump_dims(era: Era, dump: State) -> list[tuple[str, Any, list[int]]]:
     c = cells(dump)[0]
     return [("sysfs", dump.sysfs, [0, 1, 2]),
-            ("saved PR_GET", rules.thp_disable_value(Z3, era, dump.mm), era_modes(era)),
+            ("saved PR_GET", pr_get(era, dump), era_modes(era)),
             ("vm_flags", Z3.ite(c.mapped, vm_flags(c), -1), [0, 1, 2])]
 
 
@@ -118,8 +118,7 @@ OBSERVATIONS: dict[str, Callable[[Era, State, State], Any]] = {
     "nh": _per_cell(lambda d, e, x, y: d.nh == e.nh),
     "vma": _per_cell(lambda d, e, x, y: z3.Implies(d.mapped, z3.And(x.vstart == y.vstart,
                                                                      x.vend == y.vend))),
-    "get": lambda era, dump, end: (rules.thp_disable_value(Z3, era, dump.mm)
-                                   == rules.thp_disable_value(Z3, era, end.mm)),
+    "get": lambda era, dump, end: pr_get(era, dump) == pr_get(era, end),
     "eligible": _eligible,
 }
 

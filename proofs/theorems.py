@@ -28,6 +28,8 @@ from vmaflags.model.syscalls import (MADV_CLR_HUGEPAGE, MADV_COLLAPSE, MADV_NOHU
                                      PMD_PAGES, Execve, Fork, Madvise, Mmap, PrctlSet, Syscall)
 
 from . import engine as E
+from .contract import (any_step, documented_returns, fork_and_exec, status_shows_prctl,
+                       uffd_leaves_no_trace)
 from .frame import restore_frame
 from .restore import criu_restore_original, no_collapse_window
 from .states import Inputs, inputs, sane, state, state_dims
@@ -70,9 +72,7 @@ def hg_nh_exclusive(era: Era) -> Verdict:
     """Induction: a fresh process is well formed with no VMA holding both flags, and every
     step of every kind of the language keeps that, in the parent and in a fork child."""
     shp = (2,)
-    st, pre = state(shp, era)
-    run = E.Run(era, [st])
-    choice = run.step(E.alphabet(era))
+    st, pre, run, choice = any_step(era, shp)
     post, child = run.last, run.children[-1]
     facts = [pre, *run.side]
     sat_or_vacuous("pre-states", *facts)
@@ -385,6 +385,14 @@ THEOREMS: dict[str, Theorem] = {t.id: t for t in (
             "mode", collapse_ignores_sysfs),
     Theorem("disable-inherited", "fork and execve keep PR_GET; in def-flags the new image's "
             "VMAs have nh", disable_inherited),
+    Theorem("fork-and-exec", "a fork child has the parent's VMAs, flags but uffd's, pages and "
+            "khugepaged list; an exec'ed image none", fork_and_exec),
+    Theorem("uffd-leaves-no-trace", "UFFDIO_REGISTER then UNREGISTER or close() leaves every "
+            "VMA's flags as they were", uffd_leaves_no_trace),
+    Theorem("documented-returns", "every step returns 0, an error its man page lists, PR_GET's "
+            "value or a signal", documented_returns),
+    Theorem("status-shows-prctl", "/proc/PID/status THP_enabled is 0 exactly when the prctl "
+            "disables THP completely", status_shows_prctl),
 )}
 
 

@@ -1,0 +1,153 @@
+"""Theorems about the syscall contract the restore relies on around its own steps: what each
+syscall may return, what a fork child and an exec'ed image get, that a userfaultfd leaves no
+trace once unregistered or closed, and what /proc/PID/status says of the prctl.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import z3
+
+from vmaflags.model import rules, symbolic
+from vmaflags.model import step as S
+from vmaflags.model.backend import Z3
+from vmaflags.model.eras import Era
+from vmaflags.model.errno import (EAGAIN, EBUSY, EEXIST, EINVAL, ENOENT, ENOMEM, SIGBUS,
+                                  SIGSEGV)
+from vmaflags.model.state import State, cells
+from vmaflags.model.syscalls import (Execve, Fork, Madvise, Mmap, Munmap, PrctlGet, PrctlSet,
+                                     Touch, UffdClose, UffdCopy, UffdRegister, UffdUnregister)
+
+from . import engine as E
+from .states import era_modes, inputs, state, state_dims
+from .verdict import Verdict, coverage, enabled, sat_or_vacuous, shape_text
+
+
+@lru_cache(maxsize=None)
+def any_step(era: Era, shp: tuple[int, ...]) -> tuple[State, Any, E.Run, E.Choice]:
+    """One step of every kind of the language from every sane state of the shape (shared by
+    the theorems of one era that need it: hg-nh-exclusive, documented-returns)."""
+    st, pre = state(shp, era)
+    run = E.Run(era, [st])
+    return st, pre, run, run.step(E.alphabet(era))
+
+
+def returns(era: Era, kind: type) -> tuple[int, ...]:
+    """What a step of `kind` may return: 0 or an error its man page lists (man-pages 6.03),
+    PR_GET's values, or the signal a bad write raises.  UFFDIO_COPY's EEXIST is not in the
+    man page; the kernel returns it for a page already there (mfill_atomic_install_pte)."""
+    return {
+        Madvise: (0, -EINVAL, -ENOMEM, -EAGAIN, -EBUSY),
+        Mmap: (0, -EINVAL, -ENOMEM), Munmap: (0, -EINVAL, -ENOMEM),
+        Touch: (0, SIGBUS, SIGSEGV),
+        PrctlSet: (0, -EINVAL), PrctlGet: (-EINVAL, *era_modes(era)),
+        UffdRegister: (0, -EINVAL, -EBUSY), UffdUnregister: (0, -EINVAL),
+        UffdCopy: (0, -EAGAIN, -EINVAL, -ENOENT, -EEXIST),
+    }.get(kind, (0,))
+
+
+def documented_returns(era: Era) -> Verdict:
+    """One step of every kind from every sane state returns only what `returns` allows."""
+    shp = (2,)
+    st, pre, run, choice = any_step(era, shp)
+    facts = [pre, *run.side]
+    sat_or_vacuous("pre-states", *facts)
+    q, vac = coverage(facts, state_dims(era, st))
+    q["step kinds"], bad = enabled(facts, choice, run.rets[-1])
+    ret = run.rets[-1]
+    claim = z3.And(*(z3.Implies(choice.pick == i,
+                                z3.Or(*(ret == v for v in returns(era, type(sc)))))
+                     for i, sc in enumerate(choice.options)))
+    r, m = E.check(*facts, z3.Not(claim))
+    if r == z3.unsat:
+        return Verdict("proved", "one-step", shape_text(shp), vacuity=vac + bad, quantified=q)
+    sc = choice.concrete(m)
+    return Verdict("refuted", "one-step", shape_text(shp),
+                   [{"syscall": sc.text(), "returns": E.val(m, ret)}], vac + bad,
+                   f"{sc.name} returns {E.val(m, ret)}", quantified=q)
+
+
+def _flags(c: Any) -> tuple:
+    return (c.mapped, c.hg, c.nh, c.um, c.uw)
+
+
+def fork_and_exec(era: Era) -> Verdict:
+    """From every sane state: a fork child has the parent's VMAs (bounds, hg, nh, pages,
+    THPs) without uffd flags (kernel/fork.c dup_mmap, dup_userfaultfd without
+    UFFD_FEATURE_EVENT_FORK), is on khugepaged's list iff the parent is (khugepaged_fork),
+    and the parent keeps its VMAs; an exec'ed image has no VMA in the arena and is not on
+    khugepaged's list (fs/exec.c: a new mm)."""
+    shp = (2,)
+    st, pre = state(shp, era)
+    _, parent, child = S.transition(Z3, era, st, Fork(), ())
+    _, img, _ = S.transition(Z3, era, st, Execve(), ())
+    claims = [child.mm.registered == st.mm.registered, z3.Not(img.mm.registered)]
+    for b0, bp, bc, bi in zip(st.blocks, parent.blocks, child.blocks, img.blocks):
+        claims += [bc.thp == b0.thp, bp.thp == b0.thp, z3.Not(bi.thp), z3.Not(bi.ptable)]
+        for c0, cp, cc, ci in zip(b0.cells, bp.cells, bc.cells, bi.cells):
+            claims += [cp.start == c0.start, cc.start == c0.start, cc.end == c0.end,
+                       *(x == y for x, y in zip(_flags(cp), _flags(c0))),
+                       cc.mapped == c0.mapped, cc.brk == c0.brk, cc.hg == c0.hg,
+                       cc.nh == c0.nh, z3.Not(cc.um), z3.Not(cc.uw), cc.pop == c0.pop,
+                       z3.Not(ci.mapped)]
+    sat_or_vacuous("states", pre)
+    q, vac = coverage([pre], state_dims(era, st))
+    r, m = E.check(pre, z3.Not(z3.And(*claims)))
+    if r == z3.unsat:
+        return Verdict("proved", "one-step", shape_text(shp), vacuity=vac, quantified=q)
+    return Verdict("refuted", "one-step", shape_text(shp),
+                   [{k: E.val(m, v) for k, v in symbolic.values(st).items()}],
+                   vac, quantified=q)
+
+
+def uffd_leaves_no_trace(era: Era) -> Verdict:
+    """From every sane state without uffd flags: UFFDIO_REGISTER of a range (each mode), then
+    UFFDIO_UNREGISTER of the same range or close() of the userfaultfd, leaves every cell's
+    mapping and flags as they were (what a restored process has once the lazy pages are in
+    and the lazy-pages daemon closes its userfaultfd)."""
+    shp = (2,)
+    st, pre = state(shp, era)
+    (a, b), aok = E.arg_choices(st, UffdRegister(0, 0), E.fresh("r"))
+    modes = [(True, False), (False, True), (True, True)]
+    mode, last = z3.Int(E.fresh("mode")), z3.Int(E.fresh("last"))
+    regs = [S.transition(Z3, era, st, UffdRegister(0, 0, m, w), (a, b)) for m, w in modes]
+    mid, ret = regs[0][1], regs[0][0]
+    for n in (1, 2):
+        mid, ret = E.merge(mode == n, regs[n][1], mid), Z3.ite(mode == n, regs[n][0], ret)
+    unreg = S.transition(Z3, era, mid, UffdUnregister(0, 0), (a, b))[1]
+    close = S.transition(Z3, era, mid, UffdClose(), ())[1]
+    end = E.merge(last == 1, close, unreg)
+    facts = [pre, aok, mode >= 0, mode <= 2, last >= 0, last <= 1,
+             *(z3.And(z3.Not(c.um), z3.Not(c.uw)) for c in cells(st))]
+    sat_or_vacuous("states", *facts)
+    q, vac = coverage(facts, state_dims(era, st))
+    ok = E.satisfiable_each(facts, [z3.And(mode == n, ret == 0) for n in range(3)])
+    q["uffd modes"] = f"{sum(ok)}/3"
+    vac += [f"mode {modes[n]} never registers" for n in range(3) if not ok[n]]
+    same = z3.And(*(z3.And(*(x == y for x, y in zip(_flags(c), _flags(d))))
+                    for c, d in zip(cells(st), cells(end))))
+    r, m = E.check(*facts, z3.Not(same))
+    if r == z3.unsat:
+        return Verdict("proved", "one-step", shape_text(shp), vacuity=vac, quantified=q)
+    mw = modes[E.val(m, mode)]
+    trace = [UffdRegister(E.val(m, a) * 4096, (E.val(m, b) - E.val(m, a)) * 4096, *mw).text(),
+             ("uffd_close" if E.val(m, last) else "uffd_unregister")]
+    return Verdict("refuted", "one-step", shape_text(shp), [{"steps": trace}], vac,
+                   quantified=q)
+
+
+def status_shows_prctl(era: Era) -> Verdict:
+    """Rule level: /proc/PID/status THP_enabled is 0 exactly when the prctl disables THP
+    completely, i.e. PR_GET_THP_DISABLE returns 1 (Documentation/filesystems/proc.rst:
+    "returns 0 when PR_SET_THP_DISABLE is set on the process"; 6.18: "to disable THP
+    completely, not just partially")."""
+    x = inputs(era)
+    get = rules.thp_disable_value(Z3, era, x.mm)
+    status = rules.task_thp_status(Z3, era, x.mm)
+    sat_or_vacuous("inputs", x.ok)
+    q, vac = coverage([x.ok], [("prctl mode", get, era_modes(era))])
+    r, m = E.check(x.ok, z3.Not((status == 0) == (get == 1)))
+    if r == z3.unsat:
+        return Verdict("proved", "rule-level", vacuity=vac, quantified=q)
+    return Verdict("refuted", "rule-level", None, [x.values(m)], vac, quantified=q)
