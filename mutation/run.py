@@ -91,6 +91,25 @@ addopts = "-p no:randomly"
     return ws
 
 
+def refresh(ws: Path) -> None:
+    """--again: bring the work tree's unmutated files and tests up to date, keeping mutmut's
+    mutants and results; only valid while the mutated files are unchanged."""
+    for t in TARGETS:
+        if (ws / "vmaflags" / t).read_text() != undecorate((ROOT / t).read_text()):
+            sys.exit(f"mutation/run.py: {t} changed since the last run; run without --again")
+    for base in (ws, ws / "mutants"):
+        for dst, src in PACKAGES.items():
+            for f in (ROOT / src).rglob("*"):
+                rel = f.relative_to(ROOT / src)
+                target = base / dst / rel
+                if f.is_file() and "__pycache__" not in f.parts and rel.parts[0] != "vm" \
+                        and f"vmaflags/{src}/{rel}" not in {f"vmaflags/{t}" for t in TARGETS}:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(f, target)
+        for t in (*MODEL_TESTS, "tests/test_proofs.py"):
+            shutil.copy2(ROOT / t, base / t)
+
+
 def mutmut(ws: Path, *args: str, check: bool = True) -> str:
     exe = Path(sys.executable).parent / "mutmut"
     r = subprocess.run([str(exe), *args], cwd=ws, capture_output=True, text=True)
@@ -126,25 +145,39 @@ def place(ws: Path, name: str) -> tuple[str, int, str, str]:
     return path, line, old.strip(), plus[0].strip() if plus else ""
 
 
-KILLED = ("killed", "timeout")
+# A mutant whose test run fails, times out or dies is detected.
+KILLED = ("killed", "timeout", "segfault", "suspicious")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-children", type=int, default=2)
     ap.add_argument("--output", type=Path, default=ROOT / "mutation" / "last-result.txt")
+    ap.add_argument("--again", action="store_true",
+                    help="reuse .mutation/ and rerun only the mutants not killed last time "
+                         "(after changing the proofs or tests, not rules.py or step.py)")
     ns = ap.parse_args()
     t0 = time.monotonic()
-    proofs_ws = workspace("proofs", [PROOFS])
-    mutmut(proofs_ws, "run", "--max-children", str(ns.max_children), check=False)
+    jobs = ["--max-children", str(ns.max_children)]
+    if ns.again:
+        proofs_ws, all_ws = WORK / "proofs", WORK / "all"
+        refresh(proofs_ws)
+        again = [n for n, s in statuses(proofs_ws).items() if s not in KILLED]
+        mutmut(proofs_ws, "run", *jobs, *again, check=False)
+    else:
+        proofs_ws = workspace("proofs", [PROOFS])
+        mutmut(proofs_ws, "run", *jobs, check=False)
     first = statuses(proofs_ws)
     if not first:
         sys.exit("mutation/run.py: mutmut found no mutants (see .mutation/proofs)")
     left = [n for n, s in first.items() if s not in KILLED]
     second: dict[str, str] = {}
     if left:
-        all_ws = workspace("all", [*MODEL_TESTS, "tests/test_proofs.py"])
-        mutmut(all_ws, "run", "--max-children", str(ns.max_children), *left, check=False)
+        if ns.again and all_ws.exists():
+            refresh(all_ws)
+        else:
+            all_ws = workspace("all", [*MODEL_TESTS, "tests/test_proofs.py"])
+        mutmut(all_ws, "run", *jobs, *left, check=False)
         second = {n: s for n, s in statuses(all_ws).items() if n in left}
     equivalent = tomllib.loads((ROOT / "mutation" / "equivalent.toml").read_text())["mutant"]
     survivors = [n for n in left if second.get(n) not in KILLED]

@@ -9,15 +9,16 @@ from typing import Any
 
 import z3
 
-from vmaflags.model import rules, symbolic
+from vmaflags.model import arena, rules, symbolic
 from vmaflags.model import step as S
 from vmaflags.model.backend import Z3
 from vmaflags.model.eras import Era
 from vmaflags.model.errno import (EAGAIN, EBUSY, EEXIST, EINVAL, ENOENT, ENOMEM, SIGBUS,
                                   SIGSEGV)
 from vmaflags.model.state import State, cells
-from vmaflags.model.syscalls import (Execve, Fork, Madvise, Mmap, Munmap, PrctlGet, PrctlSet,
-                                     Touch, UffdClose, UffdCopy, UffdRegister, UffdUnregister)
+from vmaflags.model.syscalls import (MADV_COLLAPSE, PMD_PAGES, Execve, Fork, Khugepaged,
+                                     Madvise, Mmap, Munmap, PrctlGet, PrctlSet, Touch, UffdClose,
+                                     UffdCopy, UffdRegister, UffdUnregister)
 
 from . import engine as E
 from .states import era_modes, inputs, state, state_dims
@@ -151,3 +152,79 @@ def status_shows_prctl(era: Era) -> Verdict:
     if r == z3.unsat:
         return Verdict("proved", "rule-level", vacuity=vac, quantified=q)
     return Verdict("refuted", "rule-level", None, [x.values(m)], vac, quantified=q)
+
+
+def pages_arrive(era: Era) -> Verdict:
+    """From every sane state: a write to mapped pages, none a missing page of a
+    VM_UFFD_MISSING VMA, succeeds and leaves them present with an anon_vma (what CRIU's
+    restore_priv_vma_content relies on); UFFDIO_COPY of missing pages inside one registered
+    VMA, in PMDs that are not THPs, succeeds and leaves them present (the lazy phase)."""
+    shp = (2,)
+    st, pre = state(shp, era)
+    cs = cells(st)
+    claims, dims = [], []
+    for sc in (Touch(0, 0), UffdCopy(0, 0)):
+        (a, b), aok = E.arg_choices(st, sc, E.fresh("r"))
+        ret, post, _ = S.transition(Z3, era, st, sc, (a, b))
+        inr = [z3.And(a <= c.start, c.end <= b) for c in cs]
+        if isinstance(sc, Touch):
+            ready = [z3.Implies(x, z3.And(c.mapped, z3.Not(z3.And(c.um, z3.Not(c.pop)))))
+                     for x, c in zip(inr, cs)]
+        else:
+            ready = [z3.Implies(x, z3.And(c.mapped, z3.Or(c.um, c.uw), z3.Not(c.pop)))
+                     for x, c in zip(inr, cs)]
+            ready += [z3.Implies(z3.And(inr[i - 1], inr[i]), z3.Not(cs[i].brk))
+                      for i in range(1, len(cs))]
+            first = arena.block_first(st)
+            ready += [z3.Implies(z3.Or(*(inr[first[k] + j] for j in range(len(blk.cells)))),
+                                 z3.Not(blk.thp))
+                      for k, blk in enumerate(st.blocks)]
+        done = z3.And(ret == 0, *(z3.Implies(x, z3.And(c.pop, c.av > 0))
+                                 for x, c in zip(inr, cells(post))))
+        claims.append(z3.Implies(z3.And(aok, *ready), done))
+        dims.append(z3.And(aok, *ready))
+    sat_or_vacuous("states", pre, *dims)
+    q, vac = coverage([pre], state_dims(era, st))
+    r, m = E.check(pre, z3.Not(z3.And(*claims)))
+    if r == z3.unsat:
+        return Verdict("proved", "one-step", shape_text(shp), vacuity=vac, quantified=q)
+    return Verdict("refuted", "one-step", shape_text(shp),
+                   [{k: E.val(m, v) for k, v in symbolic.values(st).items()}], vac,
+                   quantified=q)
+
+
+def collapse_fills_holes(era: Era) -> Verdict:
+    """From every sane state, a PMD inside one VMA that is not userfaultfd-armed, with a
+    page table and a writable present page, that the rules allow to collapse: one khugepaged
+    scan (the mm on its list), and MADV_COLLAPSE of the PMD (6.1+), make it a THP with every
+    page present — zero-filled where there was none.  The adversaries of no-collapse-window
+    are real ones."""
+    shp = (2,)
+    st, pre = state(shp, era)
+    blk = st.blocks[0]
+    c0 = blk.cells[0]
+    base = [arena.in_one_vma(Z3, blk.cells), z3.Not(c0.um), z3.Not(c0.uw), z3.Not(blk.thp),
+            blk.ptable, z3.Not(blk.cow), z3.Or(*(c.pop for c in blk.cells))]
+    claims, cases = [], []
+    users = [(rules.KHUGEPAGED, Khugepaged(), ())]
+    if era.madv_collapse:
+        users.append((rules.FORCED_COLLAPSE, Madvise(0, 0, MADV_COLLAPSE), (0, PMD_PAGES)))
+    for user, sc, args in users:
+        allowed = rules.thp_vma_allowable(Z3, era, user, c0.flags, st.mm, st.sysfs,
+                                          z3.Not(c0.av == 0), True)
+        s0 = st._replace(mm=st.mm._replace(registered=True)) if args == () else st
+        ret, post, _ = S.transition(Z3, era, s0, sc, args)
+        ready = z3.And(*base, allowed)
+        cases.append(ready)
+        claims.append(z3.Implies(ready, z3.And(ret == 0, post.blocks[0].thp,
+                                               *(c.pop for c in post.blocks[0].cells))))
+    sat_or_vacuous("states", pre)
+    ready = E.satisfiable_each([pre], cases)
+    q = {"adversaries ready": f"{sum(ready)}/{len(cases)}"}
+    vac = [f"{users[n][1].name} is never ready" for n, ok in enumerate(ready) if not ok]
+    r, m = E.check(pre, z3.Not(z3.And(*claims)))
+    if r == z3.unsat:
+        return Verdict("proved", "one-step", shape_text(shp), vacuity=vac, quantified=q)
+    return Verdict("refuted", "one-step", shape_text(shp),
+                   [{k: E.val(m, v) for k, v in symbolic.values(st).items()}], vac,
+                   quantified=q)

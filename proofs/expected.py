@@ -53,6 +53,10 @@ EXPECTED: dict[tuple[str, str | None], dict[str, tuple[str, str]]] = {
                                      for e in ALL},
     ("documented-returns", None): {e: (P, "madvise(2), prctl(2), ioctl_userfaultfd(2) errors")
                                    for e in ALL},
+    ("pages-arrive", None): {e: (P, "do_anonymous_page, mfill_atomic_install_pte")
+                             for e in ALL},
+    ("collapse-fills-holes", None): {e: (P, "max_ptes_none 511: one page is enough")
+                                     for e in ALL},
     ("status-shows-prctl", None): {e: (P, "task_thp_status tests MMF_DISABLE_THP(_COMPLETELY)")
                                    for e in ("mmf", "mmf-except-advised", "mmf-clr")},
 }

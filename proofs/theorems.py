@@ -28,8 +28,8 @@ from vmaflags.model.syscalls import (MADV_CLR_HUGEPAGE, MADV_COLLAPSE, MADV_NOHU
                                      PMD_PAGES, Execve, Fork, Madvise, Mmap, PrctlSet, Syscall)
 
 from . import engine as E
-from .contract import (any_step, documented_returns, fork_and_exec, status_shows_prctl,
-                       uffd_leaves_no_trace)
+from .contract import (any_step, collapse_fills_holes, documented_returns, fork_and_exec,
+                       pages_arrive, status_shows_prctl, uffd_leaves_no_trace)
 from .frame import restore_frame
 from .restore import criu_restore_original, no_collapse_window
 from .states import Inputs, inputs, sane, state, state_dims
@@ -391,6 +391,10 @@ THEOREMS: dict[str, Theorem] = {t.id: t for t in (
             "VMA's flags as they were", uffd_leaves_no_trace),
     Theorem("documented-returns", "every step returns 0, an error its man page lists, PR_GET's "
             "value or a signal", documented_returns),
+    Theorem("pages-arrive", "a write, and UFFDIO_COPY into a registered VMA, make the pages "
+            "present", pages_arrive),
+    Theorem("collapse-fills-holes", "khugepaged and MADV_COLLAPSE turn an unprotected PMD with "
+            "holes into a THP", collapse_fills_holes),
     Theorem("status-shows-prctl", "/proc/PID/status THP_enabled is 0 exactly when the prctl "
             "disables THP completely", status_shows_prctl),
 )}

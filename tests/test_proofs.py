@@ -353,6 +353,14 @@ def _status_always_on(B, era, mm):
     return None if not era.thp_enabled_status else 1
 
 
+def _copy_never(B, registered, present, pmd_thp):
+    return B.ite(B.not_(registered), -2, -17)
+
+
+def _any_hole_aborts(B, era, khugepaged, armed, *rest):
+    return ORIG["collapse_pmd"](B, era, khugepaged, B.T, *rest)
+
+
 def _madvise_leaks(B, era, st, a, b, advice):
     """madvise also advises the cell just before its range."""
     ret, new = ORIG_STEP["madvise"](B, era, st, a, b, advice)
@@ -392,6 +400,9 @@ MUTATIONS = [
     ("uffd-leaves-no-trace", None, "mmf", rules, "userfaultfd_unregister", _unregister_keeps_wp),
     ("status-shows-prctl", None, "mmf-except-advised", rules, "task_thp_status",
      _status_always_on),
+    ("pages-arrive", None, "mmf", rules, "uffdio_copy_page", _copy_never),
+    ("collapse-fills-holes", None, "mmf-except-advised", rules, "collapse_pmd",
+     _any_hole_aborts),
 ]
 
 
