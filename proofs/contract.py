@@ -194,17 +194,19 @@ def pages_arrive(era: Era) -> Verdict:
 
 
 def collapse_fills_holes(era: Era) -> Verdict:
-    """From every sane state, a PMD inside one VMA that is not userfaultfd-armed, with a
-    page table and a writable present page, that the rules allow to collapse: one khugepaged
-    scan (the mm on its list), and MADV_COLLAPSE of the PMD (6.1+), make it a THP with every
-    page present — zero-filled where there was none.  The adversaries of no-collapse-window
-    are real ones."""
+    """From every sane state: a PMD inside one VMA that is not userfaultfd-armed, with a page
+    table and a writable present page, that the rules allow to collapse, becomes a THP with
+    every page present (zero-filled where there was none) by one khugepaged scan (the mm on
+    its list) and by MADV_COLLAPSE of it (6.1+); and no PMD becomes one that is not inside one
+    VMA the rules allow, or (khugepaged) whose mm is off its list or that holds no page
+    (max_ptes_none 511).  So the adversaries of no-collapse-window are real ones."""
     shp = (2,)
     st, pre = state(shp, era)
     blk = st.blocks[0]
     c0 = blk.cells[0]
-    base = [arena.in_one_vma(Z3, blk.cells), z3.Not(c0.um), z3.Not(c0.uw), z3.Not(blk.thp),
-            blk.ptable, z3.Not(blk.cow), z3.Or(*(c.pop for c in blk.cells))]
+    one = arena.in_one_vma(Z3, blk.cells)
+    base = [one, z3.Not(c0.um), z3.Not(c0.uw), z3.Not(blk.thp), blk.ptable,
+            z3.Not(blk.cow), z3.Or(*(c.pop for c in blk.cells))]
     claims, cases = [], []
     users = [(rules.KHUGEPAGED, Khugepaged(), ())]
     if era.madv_collapse:
@@ -212,12 +214,16 @@ def collapse_fills_holes(era: Era) -> Verdict:
     for user, sc, args in users:
         allowed = rules.thp_vma_allowable(Z3, era, user, c0.flags, st.mm, st.sysfs,
                                           z3.Not(c0.av == 0), True)
-        s0 = st._replace(mm=st.mm._replace(registered=True)) if args == () else st
-        ret, post, _ = S.transition(Z3, era, s0, sc, args)
-        ready = z3.And(*base, allowed)
+        ret, post, _ = S.transition(Z3, era, st, sc, args)
+        made = z3.And(z3.Not(blk.thp), post.blocks[0].thp)
+        need = [one, allowed]
+        if user == rules.KHUGEPAGED:
+            need += [st.mm.registered, z3.Or(*(c.pop for c in blk.cells))]
+        ready = z3.And(*base, *need)
         cases.append(ready)
-        claims.append(z3.Implies(ready, z3.And(ret == 0, post.blocks[0].thp,
-                                               *(c.pop for c in post.blocks[0].cells))))
+        claims += [z3.Implies(ready, z3.And(ret == 0, post.blocks[0].thp,
+                                            *(c.pop for c in post.blocks[0].cells))),
+                   z3.Implies(made, z3.And(*need))]
     sat_or_vacuous("states", pre)
     ready = E.satisfiable_each([pre], cases)
     q = {"adversaries ready": f"{sum(ready)}/{len(cases)}"}
