@@ -23,7 +23,7 @@ from vmaflags.model.eras import Era
 from vmaflags.model.syscalls import (SYSFS_MODES, Khugepaged, Script, ScriptError, Sysfs,
                                      parse_script)
 
-from . import driver, host, khugepaged, sysfs
+from . import driver, host, sysfs
 from .driver import Divergence
 
 SCENARIO_DIR = pathlib.Path(__file__).resolve().parent / "scenarios"
@@ -119,11 +119,11 @@ def blocker(sc: Scenario, mode: str, guard: sysfs.SysfsGuard | None) -> str | No
             return why
     if "root" in sc.needs and host.not_root():
         return "needs root"
-    if mode != LIVE and mode != sysfs.read("enabled") and guard is None:
-        return f"needs root to set THP enabled={mode} ({sysfs.writable() or 'no sysfs guard'})"
+    if mode != LIVE and mode != host.read("enabled") and guard is None:
+        return f"needs root to set THP enabled={mode} ({host.writable() or 'no sysfs guard'})"
     if (sc.sysfs_steps or sc.khugepaged) and guard is None:
         what = "sysfs steps" if sc.sysfs_steps else "khugepaged tuning"
-        return f"needs root for {what} ({sysfs.writable() or 'no sysfs guard'})"
+        return f"needs root for {what} ({host.writable() or 'no sysfs guard'})"
     return None
 
 
@@ -167,6 +167,12 @@ def _run_mode(sc: Scenario, name: str, mode: str, era: Era,
 
 def _attempt(sc: Scenario, mode: str, era: Era, guard: sysfs.SysfsGuard | None
              ) -> Divergence | None:
+    return check(sc, mode, era, guard).divergence
+
+
+def check(sc: Scenario, mode: str, era: Era, guard: sysfs.SysfsGuard | None) -> driver.Checked:
+    """Run the scenario once under `mode` (through the guard: the mode, and khugepaged's fast
+    tuning with a keeper for a `khugepaged` step) on the kernel under test and on the model."""
     keep: contextlib.AbstractContextManager = contextlib.nullcontext()
     if guard is not None:
         guard.reset()
@@ -174,12 +180,11 @@ def _attempt(sc: Scenario, mode: str, era: Era, guard: sysfs.SysfsGuard | None
             guard.set(enabled=mode)
         if sc.khugepaged:
             guard.set_many(sysfs.FAST_KHUGEPAGED)
-            if sysfs.read("enabled") != "never":
-                keep = khugepaged.keeper()
+            if host.read("enabled") != "never":
+                keep = host.keeper()
     try:
         with keep:
-            live = SYSFS_MODES.index(sysfs.read("enabled"))
-            return driver.check(era, sc.script, live).divergence
+            return driver.check(era, sc.script, host.live_mode())
     finally:
         if guard is not None:
             guard.reset()
@@ -204,9 +209,10 @@ def replay(script_text: str, era: Era | str, guard: sysfs.SysfsGuard | None = No
 
     e = era_by_id(era) if isinstance(era, str) else era
     sc = parse("replay", script_text, strict=False)
-    needs_guard = sc.sysfs_steps or sc.khugepaged or any(m != LIVE for m in sc.modes)
+    needs_guard = (sc.sysfs_steps or sc.khugepaged
+                   or any(m not in (LIVE, host.read("enabled")) for m in sc.modes))
     if needs_guard and guard is None:
-        with sysfs.SysfsGuard() as g:
+        with host.guard() as g:
             return replay(script_text, e, g)
     results = run(sc, e, guard)
     for r in results:

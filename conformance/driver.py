@@ -25,6 +25,7 @@ from vmaflags.model.errno import ret_parse, ret_text
 from vmaflags.model.observe import Observation, Vma
 from vmaflags.model.syscalls import SYSFS_MODES, Khugepaged, Script, Syscall
 
+from . import host
 from .build import executor_path
 
 Trace = list[tuple[str, Observation]]  # ("3", obs) or ("3c", the fork child's obs)
@@ -101,13 +102,21 @@ class Executor:
     GRACE = 30.0  # seconds past a script's own timeout (enforced by the server) before we give up
     PENDING = 32 << 10
 
-    def __init__(self, clr_hugepage: int | None) -> None:
-        self.proc = subprocess.Popen([_executor(clr_hugepage), "--serve"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.out = self.proc.stdout.fileno()  # type: ignore[union-attr]
-        os.set_blocking(self.proc.stderr.fileno(), False)  # type: ignore[union-attr]
-        self.buf = b""
+    def __init__(self, proc: subprocess.Popen, buf: bytes = b"") -> None:
+        """Talk to a running server: `proc`'s stdin and stdout carry the protocol; `buf` is
+        what was already read from its stdout."""
+        self.proc = proc
+        self.out = proc.stdout.fileno()  # type: ignore[union-attr]
+        self.buf = buf
         self.queued: collections.deque[tuple[float, int]] = collections.deque()  # timeout, size
+
+    @classmethod
+    def spawn(cls, clr_hugepage: int | None) -> Executor:
+        """An `executor --serve` on this machine."""
+        proc = subprocess.Popen([_executor(clr_hugepage), "--serve"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        os.set_blocking(proc.stderr.fileno(), False)  # type: ignore[union-attr]
+        return cls(proc)
 
     def room(self, script: Script) -> bool:
         """Whether `script` can be submitted now without risking a blocked write."""
@@ -129,20 +138,8 @@ class Executor:
             self.proc.stdin.flush()  # type: ignore[union-attr]
         except BrokenPipeError:
             raise ExecutorError(f"executor --serve died: {self._stderr()}") from None
-        timeout = self.queued.popleft()[0]
-        deadline = time.monotonic() + timeout + self.GRACE
-        while (end := self._end()) is None:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.out], [], [], left)[0]:
-                self.proc.kill()
-                raise ExecutorError("executor --serve stopped answering")
-            chunk = os.read(self.out, 1 << 16)
-            if not chunk:
-                raise ExecutorError(f"executor --serve died (exit {self.proc.wait()}): "
-                                    f"{self._stderr()}")
-            self.buf += chunk
-        at, nl = end
-        body, status, self.buf = self.buf[:at], self.buf[at + 4:nl], self.buf[nl + 1:]
+        timeout = self.queued[0][0]
+        body, status = self._read_to_end()
         if status == b"timeout":
             raise ExecutorError(f"executor timed out after {timeout:g} s")
         if status != b"0":
@@ -151,6 +148,37 @@ class Executor:
             return [parse_line(ln) for ln in body.decode().splitlines() if ln.strip()]
         except (ValueError, KeyError) as e:
             raise ExecutorError(f"unparsable executor output: {e}") from None
+
+    def control(self, line: str, timeout: float = 30) -> tuple[list[str], str]:
+        """A control line of `executor --serve --guest` (clr, sysfs, run): (the lines it
+        printed, its "end" status).  Only between scripts."""
+        assert not self.queued, "control lines go between scripts"
+        try:
+            self.proc.stdin.write(line.encode() + b"\n")  # type: ignore[union-attr]
+            self.proc.stdin.flush()  # type: ignore[union-attr]
+        except BrokenPipeError:
+            raise ExecutorError(f"executor --serve died: {self._stderr()}") from None
+        self.queued.append((timeout, 0))
+        body, status = self._read_to_end()
+        return body.decode(errors="replace").splitlines(), status.decode()
+
+    def _read_to_end(self) -> tuple[bytes, bytes]:
+        """The oldest queued answer: its lines and its "end" status."""
+        timeout = self.queued.popleft()[0]
+        deadline = time.monotonic() + timeout + self.GRACE
+        while (end := self._end()) is None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.out], [], [], left)[0]:
+                self.proc.kill()
+                raise ExecutorError(f"executor --serve stopped answering: {self._stderr()}")
+            chunk = os.read(self.out, 1 << 16)
+            if not chunk:
+                raise ExecutorError(f"executor --serve died (exit {self.proc.wait()}): "
+                                    f"{self._stderr()}")
+            self.buf += chunk
+        at, nl = end
+        body, status, self.buf = self.buf[:at], self.buf[at + 4:nl], self.buf[nl + 1:]
+        return body, status
 
     def _end(self) -> tuple[int, int] | None:
         """Where the buffered "end <status>" line starts and ends, once it is complete."""
@@ -190,12 +218,17 @@ def close_servers() -> None:
 
 @contextlib.contextmanager
 def executor(clr_hugepage: int | None = None) -> Iterator[Executor]:
-    """This process's server for `clr_hugepage`, started on first use.  A failure inside the
-    block (ours or the server's) leaves traces in its pipe: it is then closed, to be restarted
-    on next use."""
+    """The server for `clr_hugepage` of the kernel under test: a target's (host.use), or this
+    process's, started on first use.  A failure inside the block (ours or the server's) leaves
+    traces in its pipe: it is then closed, to be restarted on next use."""
+    target = host.current()
+    if target is not None:
+        with target.executor(clr_hugepage) as ex:
+            yield ex
+        return
     ex = _servers.get(clr_hugepage)
     if ex is None or ex.proc.poll() is not None:
-        ex = _servers[clr_hugepage] = Executor(clr_hugepage)
+        ex = _servers[clr_hugepage] = Executor.spawn(clr_hugepage)
     try:
         yield ex
     except BaseException:

@@ -19,6 +19,7 @@ class Run:
     live_mode: str = ""
     root: bool = False
     era: str | None = None  # the era checked against
+    era_kernel: str | None = None  # ... with the within-era features of this version
     identification: Identification | None = None
     scenarios: list[Result] = field(default_factory=list)
     random: RandomResult | None = None
@@ -61,6 +62,7 @@ class Run:
             "kernel": self.kernel,
             "identified_era": self.identification.era if self.identification else None,
             "era": self.era,
+            "era_kernel": self.era_kernel,
             "scenarios": [r.as_dict() for r in self.scenarios],
             "random": rnd,
             "seconds": round(self.seconds, 3),
@@ -114,7 +116,8 @@ def to_ktap(run: Run) -> str:
     if run.random is not None:
         rr = run.random
         diag = [(f"# seed {rr.seed}: {rr.examples} sequences ({rr.machine_examples} with sysfs/"
-                 f"khugepaged steps, {rr.inconclusive} inconclusive), {rr.transitions} "
+                 f"khugepaged steps, {rr.inconclusive} inconclusive){_shrunk(rr)}, "
+                 f"{rr.transitions} "
                  f"transitions, sysfs {', '.join(rr.modes)}, {rr.per_second:.0f} transitions/s")]
         for d in rr.divergences:
             diag += _diag("minimal divergent script:\n" + d["script"] + _side(d))
@@ -158,7 +161,7 @@ def print_rich(run: Run, console: Console) -> None:
     if run.era_skip:
         console.print(f"[yellow]nothing checked:[/] {run.era_skip}")
     if run.scenarios:
-        title = "scenarios" + (f" (era {run.era})" if run.era else "")
+        title = "scenarios" + (f" (era {run.era} at {run.era_kernel})" if run.era else "")
         t = Table("scenario", "status", "steps", "note", title=title)
         style = {"pass": "green", "diverge": "red", "skip": "yellow"}
         for r in run.scenarios:
@@ -171,7 +174,8 @@ def print_rich(run: Run, console: Console) -> None:
     rr = run.random
     if rr is not None:
         console.print(f"random: seed {rr.seed}, {rr.examples} sequences ({rr.machine_examples} "
-                      f"with sysfs/khugepaged steps, {rr.inconclusive} inconclusive), "
+                      f"with sysfs/khugepaged steps, {rr.inconclusive} inconclusive)"
+                      f"{_shrunk(rr)}, "
                       f"{rr.transitions} transitions in {rr.seconds:.1f} s "
                       f"({rr.per_second:,.0f}/s), sysfs {', '.join(rr.modes)}: "
                       + ("[green]no divergence[/]" if not (rr.divergences or rr.errors)
@@ -188,3 +192,8 @@ def print_rich(run: Run, console: Console) -> None:
         console.print(f"random: skipped ({run.random_skip})")
     console.print(f"{run.transitions} transitions checked in {run.seconds:.1f} s: "
                   + ("[green]OK[/]" if run.ok else "[red]DIVERGES[/]"))
+
+
+def _shrunk(rr: RandomResult) -> str:
+    """The scripts run beyond the N drawn ones, to confirm and shrink divergences."""
+    return f" + {rr.shrink_examples} re-run or shrunk" if rr.shrink_examples else ""

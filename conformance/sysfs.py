@@ -44,7 +44,12 @@ class SysfsError(RuntimeError):
 
 def read(name: str, root: pathlib.Path = THP) -> str:
     """The current value: the bracketed choice of `always [madvise] never`, or the number."""
-    text = (root / name).read_text().strip()
+    return value((root / name).read_text())
+
+
+def value(text: str) -> str:
+    """A tunable's value from the file's text."""
+    text = text.strip()
     if "[" in text:
         return text.split("[", 1)[1].split("]", 1)[0]
     return text

@@ -1,53 +1,136 @@
-"""Conformance inside qemu: Debian's 6.1 and 6.12 cloud kernels against the model.
+"""Test VMs (conformance/vm): Debian's 6.1 and 6.12 cloud kernels under qemu, checked like this
+machine, and the pieces that need no VM.
 
-One boot per kernel (about 5-10 s under TCG, plus a one-off ~35 MB download per kernel into
-~/.cache/vmaflags/vm/).  The VM tests SKIP with the reason when qemu, busybox-static, apt or the
-kernel package is unavailable, or when VMAFLAGS_VM=0.  The other tests here need nothing.
+Booting needs qemu-system-x86, busybox-static, apt access to Debian's kernel packages (a one-off
+~35 MB download per kernel into the cache directory) and a C compiler; without them the VM
+tests SKIP with the reason.  VMAFLAGS_VM=0 skips them on purpose.  A boot takes 2-5 s under TCG.
 """
 from __future__ import annotations
 
 import gzip
 import os
+import subprocess
 
 import pytest
-from vmaflags.conformance.vm import compare, runner
+from typer.testing import CliRunner
 
-# Scenarios that run quickly and agree with the model on both kernels (the fork-then-collapse
-# divergence, SCAN_PAGE_RO, is not among them: see conformance/vm/README.md).
-SCENARIOS = ("collapse-errnos", "split-merge", "enomem-holes", "fork-execve-inherit",
-             "prctl-matrix-completely", "thp-eligible")
-PROBES = ("probe-uffd-hole-collapse", "probe-merge-after-write", "probe-fork-rewrite-collapse",
-          "probe-fork-thp-collapse")
+from vmaflags.cli import app
+from vmaflags.conformance import catalogue, driver, host
+from vmaflags.conformance.build import executor_path
+from vmaflags.conformance.vm import command, guest, initramfs, kernels
 
-
-def _cases() -> list[compare.Case]:
-    scen = {c.name: c for c in compare.scenario_cases()}
-    probes = {c.name: c for c in compare.probe_cases()}
-    # Scenarios may be renamed while the catalogue grows: run those that are there.
-    return [scen[n] for n in SCENARIOS if n in scen] + [probes[n] for n in PROBES]
+SEED = 20251126
 
 
-@pytest.mark.parametrize("kernel", ["6.1", "6.12"])
-def test_kernel_in_vm_agrees_with_model(kernel: str):
+def _vm_or_skip() -> None:
     if os.environ.get("VMAFLAGS_VM", "1") == "0":
         pytest.skip("VMAFLAGS_VM=0")
-    cases = _cases()
+    why = guest.qemu_blocker()
+    if why:
+        pytest.skip(why)
+
+
+def _problems(kr: command.KernelRun) -> list[str]:
+    out = [kr.error] if kr.error else []
+    run = kr.run
+    if run is not None:
+        out += [f"{r.name}: {r.reason}\n{r.divergence.side_by_side() if r.divergence else ''}"
+                for r in run.scenarios if r.status != "pass"]
+        if run.random is not None:
+            out += [d["script"] + f"step {d['step']}:\n  model:  {d['model']}\n"
+                    f"  kernel: {d['kernel']}" for d in run.random.divergences]
+            out += run.random.errors
+    return out
+
+
+@pytest.mark.parametrize("spec,examples", [("debian-6.1", 0), ("debian-6.12", 300)])
+def test_debian_kernel_in_vm_is_identified_and_agrees(spec: str, examples: int):
+    _vm_or_skip()
+    kr = command.check_kernel(spec, None, catalogue.load(), examples, SEED)
+    if kr.skip:
+        pytest.skip(f"{spec}: {kr.skip}")
+    assert kr.run is not None, kr.error
+    assert kr.run.kernel.startswith(spec.split("-")[1] + "."), kr.run.kernel
+    assert kr.run.live_mode == "madvise"  # the command line's transparent_hugepage=madvise
+    assert kr.identified == kr.expected_era == "mmf", kr.run.identification.as_dict()
+    assert not _problems(kr), "\n\n".join(_problems(kr))
+    if examples:
+        assert kr.run.random is not None and kr.run.random.examples == examples
+
+
+def test_guest_that_does_not_boot_in_time_is_an_error_with_the_console_tail():
+    _vm_or_skip()
     try:
-        boot, outcomes = compare.check_boot(kernel, cases)
-    except runner.Skip as e:
-        pytest.skip(f"no VM for {kernel}: {e}")
-    assert boot.enabled == "madvise", boot.boot_line
-    assert boot.release.startswith(kernel + "."), boot.release
-    problems = []
-    for o in outcomes:
-        if o.error:
-            problems.append(f"{o.case.name}: {o.error}")
-        elif o.divergence is not None:
-            problems.append(f"{o.case.name}:\n{o.divergence.side_by_side()}")
-    assert not problems, "\n".join(problems)
+        k = kernels.resolve("debian-6.1")
+    except kernels.Skip as e:
+        pytest.skip(str(e))
+    with pytest.raises(guest.VMError, match="did not boot within 0.3 s.*console tail"):
+        guest.Guest(k, boot_timeout=0.3)
+
+
+def test_a_file_that_is_no_kernel_is_an_error_not_a_hang(tmp_path):
+    _vm_or_skip()
+    bogus = tmp_path / "bzImage"
+    bogus.write_bytes(b"not a kernel\n" * 100)
+    with pytest.raises(guest.VMError, match="bzImage"):
+        guest.Guest(kernels.resolve(str(bogus)), boot_timeout=60)
 
 
 # ---- no VM needed -----------------------------------------------------------------------------
+
+def test_unknown_kernel_is_one_line_listing_the_valid_ones():
+    r = CliRunner().invoke(app, ["vm", "run", "--kernel", "nosuch"])
+    assert r.exit_code == 2
+    line = r.output.strip()
+    assert "\n" not in line and "debian-6.1" in line and "debian-6.12" in line, line
+
+
+def test_missing_image_path_is_one_line():
+    r = CliRunner().invoke(app, ["vm", "run", "--kernel", "/nonexistent/bzImage"])
+    assert r.exit_code == 2 and "no kernel image at /nonexistent/bzImage" in r.output
+
+
+def test_no_qemu_is_a_skip_naming_the_debian_package(monkeypatch):
+    monkeypatch.setattr(guest, "QEMU", "qemu-that-is-not-installed")
+    monkeypatch.setattr(kernels, "resolve",
+                        lambda spec, progress=True: kernels.Kernel(spec, spec, None, None))
+    r = CliRunner().invoke(app, ["vm", "run", "--kernel", "debian-6.1", "--examples", "0"])
+    assert r.exit_code == command.SKIP_EXIT
+    assert "SKIP" in r.output and "apt-get install qemu-system-x86" in r.output
+
+
+def test_mainline_era_of_a_kernel_release(monkeypatch):
+    for release, era in (("6.18.44-x", "mmf-except-advised"), ("6.1.0-57-cloud-amd64", "mmf"),
+                         ("4.12.0", "def-flags"), ("3.10.0", None)):
+        monkeypatch.setattr(host, "kernel", lambda r=release: r)
+        assert host.mainline_era() == era, release
+
+
+def test_guest_control_lines_on_a_local_server():
+    """The control lines of `executor --serve --guest` (clr, sysfs, run), against a server on
+    this machine: what guest.Guest sends over the VM's serial port."""
+    try:
+        exe = executor_path()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    proc = subprocess.Popen([str(exe), "--serve", "--guest"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ex = driver.Executor(proc)
+    try:
+        assert ex.control("clr 18") == ([], "0")
+        assert ex.control("clr x") == ([], "22")
+        assert ex.control("sysfs ../../etc/passwd")[1] == "22"
+        assert ex.control("sysfs nosuch_tunable")[1] == "2"
+        if not host.no_thp():
+            lines, status = ex.control("sysfs enabled")
+            assert status == "0" and lines == [open(
+                "/sys/kernel/mm/transparent_hugepage/enabled").read().strip()]
+        assert ex.control("run /bin/true") == ([], "0")
+        assert ex.control("run /nonexistent")[1] == "127"
+    finally:
+        proc.stdin.close()
+        assert proc.wait(timeout=10) == 0
+
 
 def _read_cpio(data: bytes) -> dict[str, tuple[int, bytes]]:
     """name -> (mode, data) of a newc archive (the trailer excluded)."""
@@ -68,7 +151,7 @@ def _read_cpio(data: bytes) -> dict[str, tuple[int, bytes]]:
 
 
 def test_cpio_writer_round_trips():
-    c = runner.Cpio()
+    c = initramfs.Cpio()
     c.dir("bin")
     c.file("bin/x", b"hello", 0o755)
     c.symlink("bin/sh", "busybox")
@@ -79,41 +162,14 @@ def test_cpio_writer_round_trips():
     assert got["bin"][0] == 0o040755 and got["dev/console"][0] == 0o020600
 
 
-def test_scripts_archive_marks_khugepaged_scripts_fast():
-    got = _read_cpio(gzip.decompress(runner.scripts_cpio(
-        ["arena 1\nmmap 0 2M\n", "arena 1\nkhugepaged 100  # wait\n"], ["madvise", "always"])))
-    assert got["scripts/00000.env"][1] == b"mode=madvise\nfast=0\n"
-    assert got["scripts/00001.env"][1] == b"mode=always\nfast=1\n"
-    assert got["scripts/00001.vmf"][1].startswith(b"arena 1\nkhugepaged")
-
-
-def test_console_output_parsing():
-    lines = [
-        "garbage before",
-        "@@VMF SYSFS defrag=always [madvise] never use_zero_page=1 max_ptes_none=511",
-        "@@VMF BOOT release=6.1.0-56-cloud-amd64 uptime=3.10 0.00 enabled=always [madvise] never",
-        "@@VMF CMDLINE console=ttyS0 transparent_hugepage=madvise",
-        "@@VMF BEGIN 00001", "1 ret=0 get=0 thp=1 vmas=0x0-0x200000:-:0:0",
-        "@@VMF STDERR 00001", "oops", "@@VMF END 00001 rc=0",
-        "@@VMF DONE uptime=4.50 1.00", ""]
-    out = "\r\n".join(lines)
-    b = runner._parse(out, 3, "pkg", 5.0, "")
-    assert (b.release, b.enabled, b.boot_seconds, b.guest_seconds) == (
-        "6.1.0-56-cloud-amd64", "madvise", 3.10, 4.50)
-    assert b.cmdline.endswith("transparent_hugepage=madvise")
-    assert b.results[1].lines == ["1 ret=0 get=0 thp=1 vmas=0x0-0x200000:-:0:0"]
-    assert b.results[1].stderr == "oops\n" and b.results[1].rc == 0
-    assert b.results[0].rc is None and b.results[2].rc is None  # never reported
-
-
-def test_era_for_debian_kernels():
-    assert compare.era_for("6.12").kernel == "6.12"
-    e61 = compare.era_for("6.1")
-    assert e61.id == "mmf" and e61.kernel == "6.1" and not e61.collapse_none_ebusy
-    assert compare.era_for("6.12").collapse_none_ebusy
-
-
-def test_random_cases_are_reproducible():
-    a = compare.random_cases(20)
-    b = compare.random_cases(20)
-    assert [c.text for c in a] == [c.text for c in b] and len(a) == 20
+def test_initramfs_holds_executor_init_and_selftests(tmp_path):
+    try:
+        initramfs.busybox()
+    except kernels.Skip as e:
+        pytest.skip(str(e))
+    st = tmp_path / "a_selftest"
+    st.write_bytes(b"\x7fELF...")
+    got = _read_cpio(gzip.decompress(initramfs.build({"a_selftest": st}).read_bytes()))
+    assert got["bin/a_selftest"] == (0o100755, b"\x7fELF...")
+    assert b"executor --serve --guest" in got["init"][1]
+    assert got["bin/executor"][1] == executor_path().read_bytes()

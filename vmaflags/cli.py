@@ -1,4 +1,4 @@
-"""The `vmaflags` command: eras, run (a script on the model), prove, conform."""
+"""The `vmaflags` command: eras, run (a script on the model), prove, conform, kernel."""
 from __future__ import annotations
 
 import sys
@@ -7,7 +7,6 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from vmaflags.model import ERAS, ScriptError, era as era_by_id, parse_script
 
@@ -33,10 +32,13 @@ def eras_or_fail(ids: Optional[List[str]]) -> list:
 @app.command()
 def eras() -> None:
     """List the kernel eras (semantics) with their kernel ranges and features."""
-    t = Table("era", "kernels", "modelled as", "summary")
+    import textwrap
+
+    typer.echo(f"{'era':<20} {'kernels':<26} within-era features of")
     for e in ERAS.values():
-        t.add_row(e.id, e.kernels, e.kernel, e.summary)
-    console.print(t)
+        typer.echo(f"{e.id:<20} {e.kernels:<26} {e.kernel}")
+        typer.echo(textwrap.fill(e.summary, 79, initial_indent=" " * 4,
+                                 subsequent_indent=" " * 4, break_long_words=False))
 
 
 @app.command()
@@ -51,7 +53,8 @@ def run(script: Path = typer.Argument(..., help="script file (conformance/SCRIPT
     if sysfs not in SYSFS_MODES:
         fail(f"unknown sysfs mode {sysfs!r}; valid: {', '.join(SYSFS_MODES)}")
     try:
-        text = sys.stdin.read() if str(script) == "-" else script.read_text()
+        # bytes: a script need not be UTF-8 (SCRIPT.md), as the executor reads it
+        text = sys.stdin.buffer.read() if str(script) == "-" else script.read_bytes()
         s = parse_script(text)
         outcomes = concrete.run(e, s, SYSFS_MODES.index(sysfs))
     except OSError as err:
@@ -72,6 +75,8 @@ def prove(theorem: Optional[List[str]] = typer.Option(None, "--theorem", help="t
     """Prove or refute the theorem catalogue, per era; non-zero if a verdict is unexpected."""
     from vmaflags.proofs.command import prove as run_prove
 
+    if json_out and ktap:
+        fail("choose one of --json and --ktap")
     raise typer.Exit(run_prove(theorem, eras_or_fail(era), json_out, ktap))
 
 
@@ -80,7 +85,9 @@ def conform(era: Optional[str] = typer.Option(None, help="era id (default: ident
             identify: bool = typer.Option(False, "--identify", help="only identify the era"),
             scenario: Optional[List[str]] = typer.Option(None, "--scenario", help="scenario name"),
             examples: Optional[int] = typer.Option(
-                None, help="random sequences to run (default 2000; 0 with --scenario)"),
+                None, help="random sequences to check, exactly (default 2000; 0 with "
+                "--scenario); a shard stops at its first divergence, and the scripts run to "
+                "shrink it are counted apart"),
             seed: Optional[int] = typer.Option(None, help="seed for the random sequences"),
             json_out: bool = typer.Option(False, "--json", help="JSON on stdout"),
             ktap: bool = typer.Option(False, "--ktap", help="KTAP on stdout")) -> None:
@@ -91,5 +98,153 @@ def conform(era: Optional[str] = typer.Option(None, help="era id (default: ident
     raise typer.Exit(run_conform(e, identify, scenario, examples, seed, json_out, ktap))
 
 
+@app.command()
+def replay(script: str = typer.Argument(..., help="replay file (a script, or `#! process:` "
+                                                "sections), - for stdin"),
+           era: Optional[str] = typer.Option(None, help="era id (default: identify it)"),
+           kernel: Optional[str] = typer.Option(
+               None, help="a test VM's SPEC (vmaflags vm) instead of this machine"),
+           json_out: bool = typer.Option(False, "--json", help="JSON on stdout")) -> None:
+    """Run a script (a proof's counterexample) on a kernel and on the model, side by side;
+    exit 1 where they part."""
+    from vmaflags.conformance.replay import command
+
+    raise typer.Exit(command(script, era, kernel, json_out))
+
+
+@app.command()
+def stress(tries: int = typer.Option(500, help="tries per race (each in a fresh process)"),
+           seconds: float = typer.Option(20.0, help="time limit per race"),
+           json_out: bool = typer.Option(False, "--json", help="JSON on stdout")) -> None:
+    """Try the races of the concurrency theorems on this kernel; exit 1 if one contradicts
+    the model."""
+    from vmaflags.conformance.stress import command
+
+    raise typer.Exit(command(tries, seconds, json_out))
+
+
+@app.command()
+def report(out: Path = typer.Option(..., "--out", help="directory for the report files"),
+           from_file: Optional[Path] = typer.Option(
+               None, "--from", help="render a results.json of an earlier report again"),
+           examples: int = typer.Option(200, help="random sequences per kernel"),
+           seed: int = typer.Option(20251130, help="seed for the random sequences"),
+           kernel: Optional[List[str]] = typer.Option(
+               None, "--kernel", help="test-VM kernels to include (vmaflags vm)"),
+           tries: int = typer.Option(300, help="tries per live race")) -> None:
+    """Write report.html, report.md and report.txt (and results.json) from live results."""
+    import json
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from vmaflags.report import collect, render
+
+    if examples < 0 or tries < 1:
+        fail("--examples must be >= 0 and --tries >= 1")
+    if from_file is not None:
+        try:
+            res = collect.load(from_file)
+        except (OSError, ValueError) as e:
+            fail(f"{from_file}: {getattr(e, 'strerror', None) or e}")
+    else:
+        if kernel:
+            from vmaflags.conformance.vm import kernels
+            try:
+                for k in kernel:
+                    kernels.resolve_name(k)
+            except ValueError as e:
+                fail(str(e))
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=Console(stderr=True), transient=True) as p:
+            task = p.add_task("collecting")
+            res = collect.collect(examples, seed, list(kernel or []), tries, 20.0,
+                                  lambda what: p.update(task, description=what))
+    try:
+        files = render.write(res, out)
+        (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    except OSError as e:
+        fail(f"{out}: {e.strerror}")
+    for f in files:
+        typer.echo(str(f))
+
+
+vm_app = typer.Typer(no_args_is_help=True,
+                     help="Test VMs: other kernels under qemu, checked like this machine.")
+app.add_typer(vm_app, name="vm")
+
+
+@vm_app.command("run")
+def vm_run(kernel: str = typer.Option(..., "--kernel",
+                                      help="debian-6.1, debian-6.12, patched-6.12 or a bzImage"),
+           era: Optional[str] = typer.Option(None, help="era id (default: identify it)"),
+           scenario: Optional[List[str]] = typer.Option(None, "--scenario",
+                                                        help="scenario name"),
+           examples: Optional[int] = typer.Option(
+               None, help="random sequences (default 500; 0 with --scenario)"),
+           seed: Optional[int] = typer.Option(None, help="seed for the random sequences"),
+           json_out: bool = typer.Option(False, "--json", help="JSON on stdout"),
+           ktap: bool = typer.Option(False, "--ktap", help="KTAP on stdout")) -> None:
+    """Boot KERNEL in qemu and check it as `conform` checks this machine; then its kselftests.
+    Exit 0 iff nothing diverges, 4 when it cannot run here (SKIP)."""
+    from vmaflags.conformance.vm.command import run as vm_run_
+
+    e = eras_or_fail([era])[0] if era else None
+    raise typer.Exit(vm_run_(kernel, e, scenario, examples, seed, json_out, ktap))
+
+
+@vm_app.command("matrix")
+def vm_matrix(kernel: Optional[List[str]] = typer.Option(
+                  None, "--kernel", help="kernels (default: every SPEC)"),
+              examples: Optional[int] = typer.Option(
+                  None, help="random sequences per kernel (default 200)"),
+              seed: Optional[int] = typer.Option(None, help="seed for the random sequences"),
+              json_out: bool = typer.Option(False, "--json", help="JSON on stdout")) -> None:
+    """This machine and every test-VM kernel: identified era, scenarios, random sequences."""
+    from vmaflags.conformance.vm.command import matrix
+
+    raise typer.Exit(matrix(kernel, examples, seed, json_out))
+
+
+kernel_app = typer.Typer(no_args_is_help=True,
+                         help="Build the test kernels of kernel-patch/ (cached).")
+app.add_typer(kernel_app, name="kernel")
+
+
+@kernel_app.command("build")
+def kernel_build(name: str = typer.Argument("patched-6.12", help="kernel name (kernel list)"),
+                 jobs: Optional[int] = typer.Option(None, "--jobs", "-j",
+                                                    help="make -j (default: every CPU)")) -> None:
+    """Build a test kernel, its config and static kselftests; print where they are."""
+    from vmaflags.kernel.command import build_command
+
+    raise typer.Exit(build_command(name, jobs))
+
+
+@kernel_app.command("list")
+def kernel_list() -> None:
+    """The test kernels: source version, patch series, and whether a build is cached."""
+    from vmaflags.kernel.command import list_command
+
+    raise typer.Exit(list_command())
+
+
 def main() -> None:
-    app()
+    """The `vmaflags` command.  A usage error (unknown option, bad value, missing argument) is
+    one line on stderr and exit 2, like every other bad input, rather than the framework's box;
+    its classes differ between typer versions (click's, or typer's copy), hence the duck typing."""
+    try:
+        code = app(standalone_mode=False)
+    except Exception as e:
+        if not (hasattr(e, "format_message") and getattr(e, "exit_code", None) == 2):
+            if type(e).__name__ == "Abort":  # end of input at a prompt
+                sys.exit(1)
+            raise
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `vmaflags` or `vmaflags vm`
+            e.show()  # type: ignore[attr-defined]
+            sys.exit(2)
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "vmaflags"
+        msg = " ".join(e.format_message().split())  # type: ignore[attr-defined]
+        typer.echo(f"{where}: {msg} (see {where} --help)", err=True)
+        code = 2
+    sys.exit(code if isinstance(code, int) else 0)
