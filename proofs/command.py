@@ -49,6 +49,14 @@ class Row:
         return self.v.verdict == self.expected
 
     @property
+    def verdict(self) -> str:
+        return self.v.verdict
+
+    @property
+    def counterexample(self) -> list | None:
+        return self.v.counterexample
+
+    @property
     def name(self) -> str:
         return ":".join(x for x in (self.theorem, self.protocol, self.era) if x)
 
