@@ -37,9 +37,9 @@ PACKAGES = {"vmaflags": "vmaflags", "vmaflags/model": "model", "vmaflags/proofs"
 MODEL_TESTS = ("tests/test_rules.py", "tests/test_transitions.py", "tests/test_agreement.py")
 PROOFS = "tests/test_proofs.py::test_obligation"
 
-CONFTEST = '''"""mutation/run.py: every test starts with nothing memoised (mutants run in
-forks of a process that has run the unmutated code)."""
-import pytest
+CONFTEST = '''# mutation/run.py: every test starts with nothing memoised (mutants run in forks of a
+# process that has run the unmutated code).
+import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +74,9 @@ def workspace(name: str, tests: list[str]) -> Path:
     (ws / "tests").mkdir()
     for t in (*MODEL_TESTS, "tests/test_proofs.py"):
         shutil.copy2(ROOT / t, ws / t)
-    (ws / "tests" / "conftest.py").write_text(CONFTEST)
+    shared = ROOT / "tests" / "conftest.py"
+    (ws / "tests" / "conftest.py").write_text(
+        (shared.read_text() + "\n\n" if shared.exists() else "") + CONFTEST)
     only = ", ".join(f'"vmaflags/{t}"' for t in TARGETS)
     selection = ", ".join(f'"{t}"' for t in tests)
     (ws / "pyproject.toml").write_text(f'''[tool.mutmut]
@@ -160,7 +162,7 @@ def main() -> None:
     t0 = time.monotonic()
     jobs = ["--max-children", str(ns.max_children)]
     if ns.again:
-        proofs_ws, all_ws = WORK / "proofs", WORK / "all"
+        proofs_ws = WORK / "proofs"
         refresh(proofs_ws)
         again = [n for n, s in statuses(proofs_ws).items() if s not in KILLED]
         mutmut(proofs_ws, "run", *jobs, *again, check=False)
@@ -173,11 +175,8 @@ def main() -> None:
     left = [n for n, s in first.items() if s not in KILLED]
     second: dict[str, str] = {}
     if left:
-        if ns.again and all_ws.exists():
-            refresh(all_ws)
-        else:
-            all_ws = workspace("all", [*MODEL_TESTS, "tests/test_proofs.py", "-k",
-                                       "not test_obligation"])
+        all_ws = workspace("all", [*MODEL_TESTS, "tests/test_proofs.py", "-k",
+                                   "not test_obligation"])
         mutmut(all_ws, "run", *jobs, *left, check=False)
         second = {n: s for n, s in statuses(all_ws).items() if n in left}
     equivalent = tomllib.loads((ROOT / "mutation" / "equivalent.toml").read_text())["mutant"]

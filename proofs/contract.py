@@ -17,11 +17,11 @@ from vmaflags.model.errno import (EAGAIN, EBUSY, EEXIST, EINVAL, ENOENT, ENOMEM,
                                   SIGSEGV)
 from vmaflags.model.state import State, cells
 from vmaflags.model.syscalls import (MADV_COLLAPSE, PMD_PAGES, Execve, Fork, Khugepaged,
-                                     Madvise, Mmap, Munmap, PrctlGet, PrctlSet, Touch, UffdClose,
-                                     UffdCopy, UffdRegister, UffdUnregister)
+                                     Madvise, Mmap, Munmap, PrctlGet, PrctlSet, Sysfs, Touch,
+                                     UffdClose, UffdCopy, UffdRegister, UffdUnregister)
 
 from . import engine as E
-from .states import era_modes, inputs, state, state_dims
+from .states import era_modes, inputs, sane, state, state_dims
 from .verdict import Verdict, coverage, enabled, sat_or_vacuous, shape_text
 
 
@@ -77,8 +77,9 @@ def fork_and_exec(era: Era) -> Verdict:
     """From every sane state: a fork child has the parent's VMAs (bounds, hg, nh, pages,
     THPs) without uffd flags (kernel/fork.c dup_mmap, dup_userfaultfd without
     UFFD_FEATURE_EVENT_FORK), is on khugepaged's list iff the parent is (khugepaged_fork),
-    and the parent keeps its VMAs; an exec'ed image has no VMA in the arena and is not on
-    khugepaged's list (fs/exec.c: a new mm)."""
+    and the parent keeps its VMAs; present PTEs end write-protected in both
+    (copy_present_pte); an exec'ed image has no VMA in the arena and is not on khugepaged's
+    list (fs/exec.c: a new mm)."""
     shp = (2,)
     st, pre = state(shp, era)
     _, parent, child = S.transition(Z3, era, st, Fork(), ())
@@ -86,6 +87,9 @@ def fork_and_exec(era: Era) -> Verdict:
     claims = [child.mm.registered == st.mm.registered, z3.Not(img.mm.registered)]
     for b0, bp, bc, bi in zip(st.blocks, parent.blocks, child.blocks, img.blocks):
         claims += [bc.thp == b0.thp, bp.thp == b0.thp, z3.Not(bi.thp), z3.Not(bi.ptable)]
+        # copy_present_pte() write-protects a present PTE in both (private COW mapping)
+        shared = z3.And(b0.ptable, z3.Or(*(c.pop for c in b0.cells)))
+        claims += [z3.Implies(shared, z3.And(bp.cow, bc.cow))]
         for c0, cp, cc, ci in zip(b0.cells, bp.cells, bc.cells, bi.cells):
             claims += [cp.start == c0.start, cc.start == c0.start, cc.end == c0.end,
                        *(x == y for x, y in zip(_flags(cp), _flags(c0))),
@@ -158,8 +162,10 @@ def pages_arrive(era: Era) -> Verdict:
     """From every sane state: a write to mapped pages, none a missing page of a
     VM_UFFD_MISSING VMA, succeeds and leaves them present with an anon_vma (what CRIU's
     restore_priv_vma_content relies on); UFFDIO_COPY of missing pages inside one registered
-    VMA, in PMDs that are not THPs, succeeds and leaves them present (the lazy phase)."""
-    shp = (2,)
+    VMA, in PMDs that are not THPs, succeeds and leaves them present (the lazy phase).  Either
+    leaves a sane state whose PMDs it wrote to are not write-protected (a written PTE is
+    writable: do_wp_page / a new page)."""
+    shp = (2, 2)
     st, pre = state(shp, era)
     cs = cells(st)
     claims, dims = [], []
@@ -179,8 +185,13 @@ def pages_arrive(era: Era) -> Verdict:
             ready += [z3.Implies(z3.Or(*(inr[first[k] + j] for j in range(len(blk.cells)))),
                                  z3.Not(blk.thp))
                       for k, blk in enumerate(st.blocks)]
-        done = z3.And(ret == 0, *(z3.Implies(x, z3.And(c.pop, c.av > 0))
-                                 for x, c in zip(inr, cells(post))))
+        first = arena.block_first(st)
+        written = [z3.Or(*(inr[first[k] + j] for j in range(len(blk.cells))))
+                   for k, blk in enumerate(st.blocks)]
+        done = z3.And(ret == 0, sane(post),
+                      *(z3.Implies(x, z3.And(c.pop, c.av > 0))
+                        for x, c in zip(inr, cells(post))),
+                      *(z3.Implies(w, z3.Not(blk.cow)) for w, blk in zip(written, post.blocks)))
         claims.append(z3.Implies(z3.And(aok, *ready), done))
         dims.append(z3.And(aok, *ready))
     sat_or_vacuous("states", pre, *dims)
@@ -234,3 +245,27 @@ def collapse_fills_holes(era: Era) -> Verdict:
     return Verdict("refuted", "one-step", shape_text(shp),
                    [{k: E.val(m, v) for k, v in symbolic.values(st).items()}], vac,
                    quantified=q)
+
+
+def sysfs_is_global(era: Era) -> Verdict:
+    """From every sane state, a write of each mode to transparent_hugepage/enabled sets that
+    mode and changes no VMA, page or mm bit (mm/huge_memory.c enabled_store: a global flag)."""
+    shp = (2,)
+    st, pre = state(shp, era)
+    mode = z3.Int(E.fresh("mode"))
+    ret, post, _ = S.transition(Z3, era, st, Sysfs(0), (mode,))
+    facts = [pre, mode >= 0, mode <= 2]
+    sat_or_vacuous("states", *facts)
+    q, vac = coverage(facts, [("mode written", mode, [0, 1, 2])])
+    before, after = symbolic.values(st), symbolic.values(post)
+    claim = z3.And(ret == 0, post.sysfs == mode,
+                   *(_eq(before[k], after[k]) for k in before if k != "sysfs"))
+    r, m = E.check(*facts, z3.Not(claim))
+    if r == z3.unsat:
+        return Verdict("proved", "one-step", shape_text(shp), vacuity=vac, quantified=q)
+    return Verdict("refuted", "one-step", shape_text(shp), [{"mode": E.val(m, mode)}], vac,
+                   quantified=q)
+
+
+def _eq(a: Any, b: Any) -> Any:
+    return a == b if z3.is_expr(a) or z3.is_expr(b) else z3.BoolVal(a == b)

@@ -57,6 +57,7 @@ EXPECTED: dict[tuple[str, str | None], dict[str, tuple[str, str]]] = {
                              for e in ALL},
     ("collapse-fills-holes", None): {e: (P, "max_ptes_none 511: one page is enough")
                                      for e in ALL},
+    ("sysfs-is-global", None): {e: (P, "enabled_store sets a global flag") for e in ALL},
     ("status-shows-prctl", None): {e: (P, "task_thp_status tests MMF_DISABLE_THP(_COMPLETELY)")
                                    for e in ("mmf", "mmf-except-advised", "mmf-clr")},
 }

@@ -29,7 +29,8 @@ from vmaflags.model.syscalls import (MADV_CLR_HUGEPAGE, MADV_COLLAPSE, MADV_NOHU
 
 from . import engine as E
 from .contract import (any_step, collapse_fills_holes, documented_returns, fork_and_exec,
-                       pages_arrive, status_shows_prctl, uffd_leaves_no_trace)
+                       pages_arrive, status_shows_prctl, sysfs_is_global,
+                       uffd_leaves_no_trace)
 from .frame import restore_frame
 from .restore import criu_restore_original, no_collapse_window
 from .states import Inputs, inputs, sane, state, state_dims
@@ -395,6 +396,8 @@ THEOREMS: dict[str, Theorem] = {t.id: t for t in (
             "present", pages_arrive),
     Theorem("collapse-fills-holes", "khugepaged and MADV_COLLAPSE turn an unprotected PMD with "
             "holes into a THP", collapse_fills_holes),
+    Theorem("sysfs-is-global", "a write to transparent_hugepage/enabled sets the mode and "
+            "changes nothing else", sysfs_is_global),
     Theorem("status-shows-prctl", "/proc/PID/status THP_enabled is 0 exactly when the prctl "
             "disables THP completely", status_shows_prctl),
 )}

@@ -361,6 +361,12 @@ def _any_hole_aborts(B, era, khugepaged, armed, *rest):
     return ORIG["collapse_pmd"](B, era, khugepaged, B.T, *rest)
 
 
+def _sysfs_ignored(B, era, st, sc, args):
+    if sc.name == "sysfs":
+        return 0, st, None
+    return ORIG_STEP["transition"](B, era, st, sc, args)
+
+
 def _madvise_leaks(B, era, st, a, b, advice):
     """madvise also advises the cell just before its range."""
     ret, new = ORIG_STEP["madvise"](B, era, st, a, b, advice)
@@ -401,6 +407,7 @@ MUTATIONS = [
     ("status-shows-prctl", None, "mmf-except-advised", rules, "task_thp_status",
      _status_always_on),
     ("pages-arrive", None, "mmf", rules, "uffdio_copy_page", _copy_never),
+    ("sysfs-is-global", None, "mmf", S, "transition", _sysfs_ignored),
     ("collapse-fills-holes", None, "mmf-except-advised", rules, "collapse_pmd",
      _any_hole_aborts),
 ]
