@@ -81,9 +81,34 @@ class _Py:
         return not x
 
 
+_CTX = z3.main_ctx()
+_INT_VALS: dict[int, z3.ArithRef] = {}
+
+
+def _z3_args(terms: list[Any]) -> Any:
+    arr = (z3.Ast * len(terms))()
+    for i, t in enumerate(terms):
+        arr[i] = t.as_ast()
+    return arr
+
+
+def _z3_val(x: Any, like_bool: bool) -> Any:
+    """A Python constant as a Z3 term (ite arms)."""
+    if not isinstance(x, (bool, int)):
+        return x
+    if like_bool:
+        return z3.BoolVal(x)
+    v = _INT_VALS.get(x)
+    if v is None:
+        v = _INT_VALS[x] = z3.IntVal(x)
+    return v
+
+
 class _Z3:
     """Symbolic evaluation: Z3 terms.  Constants stay Python bools, so rules fold them away
-    and the terms only hold what is really symbolic."""
+    and the terms only hold what is really symbolic.  Terms are made with Z3's C API directly:
+    z3.And/Or/If check and coerce every argument, which cost most of the proofs' time, and the
+    arguments here are already terms of the right sort."""
 
     symbolic = True
     T = True
@@ -98,7 +123,9 @@ class _Z3:
             if x is False:
                 return False
             terms.append(x)
-        return terms[0] if len(terms) == 1 else z3.And(*terms) if terms else True
+        if len(terms) < 2:
+            return terms[0] if terms else True
+        return z3.BoolRef(z3.Z3_mk_and(_CTX.ref(), len(terms), _z3_args(terms)), _CTX)
 
     @staticmethod
     def or_(*xs: Any) -> Any:
@@ -109,11 +136,15 @@ class _Z3:
             if x is True:
                 return True
             terms.append(x)
-        return terms[0] if len(terms) == 1 else z3.Or(*terms) if terms else False
+        if len(terms) < 2:
+            return terms[0] if terms else False
+        return z3.BoolRef(z3.Z3_mk_or(_CTX.ref(), len(terms), _z3_args(terms)), _CTX)
 
     @staticmethod
     def not_(x: Any) -> Any:
-        return (not x) if isinstance(x, bool) else z3.Not(x)
+        if isinstance(x, bool):
+            return not x
+        return z3.BoolRef(z3.Z3_mk_not(_CTX.ref(), x.as_ast()), _CTX)
 
     @staticmethod
     def ite(c: Any, a: Any, b: Any) -> Any:
@@ -121,7 +152,10 @@ class _Z3:
             return a if c else b
         if a is b or (isinstance(a, (bool, int)) and type(a) is type(b) and a == b):
             return a
-        return z3.If(c, a, b)
+        is_bool = isinstance(a, (bool, z3.BoolRef)) and isinstance(b, (bool, z3.BoolRef))
+        ast = z3.Z3_mk_ite(_CTX.ref(), c.as_ast(), _z3_val(a, is_bool).as_ast(),
+                           _z3_val(b, is_bool).as_ast())
+        return z3.BoolRef(ast, _CTX) if is_bool else z3.ArithRef(ast, _CTX)
 
     @classmethod
     def select(cls, c: Any, a: Any, b: Any) -> Any:

@@ -34,7 +34,7 @@ from vmaflags.model.syscalls import (MADV_HUGEPAGE, MADV_NOHUGEPAGE, PAGE, PMD_P
                                      Mmap, PrctlSet, Syscall, parse_script)
 
 from . import engine as E
-from .theorems import Verdict, replay
+from .verdict import Verdict, replay
 
 KERNEL = locks.KERNEL
 # Vlastimil Babka's hypothesis (seed thread, 24 May 2017): "the racers will have mmap_sem for
@@ -181,12 +181,12 @@ class Setting:
 
 
 def _setting(era: Era, name: str) -> Setting:
-    """A restore protocol over every dump (theorems._restore), or a SEQUENCES script from a
+    """A restore protocol over every dump (restore.restore_run), or a SEQUENCES script from a
     fresh process in any sysfs mode."""
-    from .theorems import CRIU_SHAPE, _restore
+    from .restore import CRIU_SHAPE, restore_run
 
     if name not in SEQUENCES:
-        dump, dump_ok, run = _restore(era, name, CRIU_SHAPE)
+        dump, dump_ok, run, _ = restore_run(era, name, CRIU_SHAPE)
         return Setting(run, [dump_ok, *run.side], CRIU_SHAPE, dump,
                        tuple(range(len(CRIU_SHAPE))))
     text, pmd = SEQUENCES[name]
@@ -288,7 +288,7 @@ def fault_vs_prctl(era: Era, d: Discipline = KERNEL) -> Verdict:
 
 def _fault_state(era: Era) -> tuple[State, Any]:
     """One PMD mapped by one VMA, empty, in any mm mode of the era and any sysfs mode."""
-    from .theorems import _state
+    from .states import state as _state
 
     st, ok = _state((1,), era)
     blk = st.blocks[0]
@@ -357,7 +357,7 @@ def _render(era: Era, events: list[tuple[str, Any, Hold, str]], sysfs: int, bloc
 def _trace(era: Era, seq: Sequence, micro: tuple[MicroStep, ...], il: Interleaving,
            m: z3.ModelRef, k: int, khugepaged: bool, sg: Setting) -> list[dict]:
     """The dumped process (a restore's), then the interleaving."""
-    from .theorems import _dump_script
+    from .restore import _dump_script
 
     who = "khugepaged" if khugepaged else "collapse"
     other = "restore" if sg.dump is not None else "process"
@@ -392,7 +392,8 @@ def _fault_trace(era: Era, seq: Sequence, micro: tuple[MicroStep, ...], il: Inte
 
 # ---- the catalogue -------------------------------------------------------------------------------
 
-_TARGETS = {"criu-2017": ("def-flags", "mmf"), "criu-3.19": ("mmf", "mmf-except-advised"),
+_TARGETS = {"3.5-lazy-predump": ("def-flags", "mmf"),
+            "3.19-lazy-predump": ("mmf", "mmf-except-advised"),
             "criu-fixed": ("mmf", "mmf-except-advised", "mmf-clr"),
             "clr-2017": ("def-flags-clr", "mmf-clr")}
 # (theorem, protocol or sequence, era) -> (expected verdict, reason)

@@ -2,17 +2,23 @@
 
 A row is checked only in the eras listed here: the others lack what the theorem is about (no
 MADV_COLLAPSE before 6.1, no EXCEPT_ADVISED before 6.18, no CLR outside the patched eras), or a
-protocol was never meant for them.  `vmaflags prove` exits non-zero when a verdict differs.
+protocol was never run on them.  An era id may name a kernel inside the era (`def-flags@4.4`:
+Era.at("4.4")) where a within-era feature decides the verdict.  The reasons of the restore rows
+come from CRIU's code as cited in protocols.py.  `vmaflags prove` exits non-zero when a verdict
+differs.
 """
 from __future__ import annotations
 
 ALL = ("def-flags", "mmf", "mmf-except-advised", "def-flags-clr", "mmf-clr")
 CLR = ("def-flags-clr", "mmf-clr")
 
-P, R = "proved", "refuted"
+P, R, A = "proved", "refuted", "aborted"
 
 EXPECTED: dict[tuple[str, str | None], dict[str, tuple[str, str]]] = {
-    ("hg-nh-exclusive", None): {e: (P, "each advice sets its bit and clears the other") for e in ALL},
+    ("hg-nh-exclusive", None): {e: (P, "each advice sets its bit and clears the other")
+                                for e in ALL},
+    ("restore-frame", None): {e: (P, "per-cell rules, per-PMD THP and page-table changes")
+                              for e in ALL},
     ("prctl-transparent", None): {
         "def-flags": (R, "VMAs mapped while def_flags has VM_NOHUGEPAGE keep nh"),
         "def-flags-clr": (R, "as def-flags: the prctl is a template for new VMAs"),
@@ -22,8 +28,8 @@ EXPECTED: dict[tuple[str, str | None], dict[str, tuple[str, str]]] = {
     },
     ("clr-is-neutral", None): {
         "mmf-clr": (P, "CLR clears both bits; a fresh VMA has neither"),
-        # The issue expected "proved" here too.  A fresh mmap after PR_SET_THP_DISABLE(1) gets
-        # nh from mm->def_flags, while CLR leaves neither: CLR is neutral only with the prctl off.
+        # A fresh mmap after PR_SET_THP_DISABLE(1) gets nh from mm->def_flags, while CLR leaves
+        # neither: CLR is neutral only with the prctl off.
         "def-flags-clr": (R, "a fresh VMA inherits nh from def_flags; CLR clears it"),
     },
     ("no-return-to-neither", None): {
@@ -41,51 +47,84 @@ EXPECTED: dict[tuple[str, str | None], dict[str, tuple[str, str]]] = {
     },
     ("disable-inherited", None): {e: (P, "MMF_INIT_MASK / VM_INIT_DEF_MASK in mm_init")
                                   for e in ALL},
+    ("fork-and-exec", None): {e: (P, "dup_mmap copies VMAs; dup_userfaultfd drops uffd flags")
+                              for e in ALL},
+    ("uffd-leaves-no-trace", None): {e: (P, "unregister and release clear what register set")
+                                     for e in ALL},
+    ("documented-returns", None): {e: (P, "madvise(2), prctl(2), ioctl_userfaultfd(2) errors")
+                                   for e in ALL},
+    ("pages-arrive", None): {e: (P, "do_anonymous_page, mfill_atomic_install_pte")
+                             for e in ALL},
+    ("collapse-fills-holes", None): {e: (P, "max_ptes_none 511: one page is enough")
+                                     for e in ALL},
+    ("sysfs-is-global", None): {e: (P, "enabled_store sets a global flag") for e in ALL},
+    ("status-shows-prctl", None): {e: (P, "task_thp_status tests MMF_DISABLE_THP(_COMPLETELY)")
+                                   for e in ("mmf", "mmf-except-advised", "mmf-clr")},
 }
 
-_restore = {
+# Why, from CRIU's code (protocols.py cites each step):
+_NH_LEFT = "maybe_disable_thp's prctl(1) comes before premap: def_flags puts nh on every VMA"
+_GET_BOOL = "thp_disabled is a protobuf bool: EXCEPT_ADVISED (3) comes back as 1"
+_EINVAL_44 = ("before 4.5 madvise(MADV_NOHUGEPAGE) on a VMA that has nh (from def_flags) is "
+              "EINVAL")
+_RESTORE = {
     "naive": {e: (P, "re-applies every dumped bit and the exact prctl mode") for e in ALL},
-    "criu-2017": {
-        "def-flags": (R, "VMAs mapped under prctl(1) keep nh"),
-        "def-flags-clr": (R, "VMAs mapped under prctl(1) keep nh"),
-        "mmf": (R, "flags come back but a dumped prctl(1) is lost"),
-        "mmf-except-advised": (R, "a dumped prctl mode is lost"),
-        "mmf-clr": (R, "a dumped prctl(1) is lost"),
+    "3.5-lazy-predump": {
+        "def-flags": (R, _NH_LEFT),
+        "def-flags@4.4": (A, _EINVAL_44),
+        "mmf": (P, "prctl(0) only when the dump had 0; a dumped prctl(1) stays set"),
     },
-    "criu-3.19": {
-        "def-flags": (R, "VMAs mapped under prctl(1) keep nh"),
-        "def-flags-clr": (R, "VMAs mapped under prctl(1) keep nh"),
-        "mmf": (P, "PR_GET is 0 or 1, restored as a bool"),
-        "mmf-except-advised": (R, "EXCEPT_ADVISED (3) comes back as COMPLETELY (1)"),
-        "mmf-clr": (P, "as mmf"),
+    "3.5-lazy": {e: (R, "no parent: no prctl at all, so a dumped prctl(1) is lost")
+                 for e in ("def-flags", "mmf")},
+    "3.5-plain": {e: (R, "prctl only `if (args->uffd > -1)`: a dumped prctl(1) is lost")
+                  for e in ("def-flags", "mmf")},
+    "3.19-lazy-predump": {
+        "def-flags": (R, _NH_LEFT),
+        "def-flags@4.4": (A, _EINVAL_44),
+        "mmf": (P, "prctl(thp_disabled) after registration restores 0 or 1"),
+        "mmf-except-advised": (R, _GET_BOOL),
+    },
+    "3.19-lazy": {
+        "def-flags": (P, "no prctl before premap; prctl(thp_disabled) after the VMAs exist"),
+        "mmf": (P, "prctl(thp_disabled) restores 0 or 1"),
+        "mmf-except-advised": (R, _GET_BOOL),
+    },
+    "3.19-plain": {
+        "def-flags": (P, "no prctl before premap; prctl(thp_disabled) after the VMAs exist"),
+        "mmf": (P, "prctl(thp_disabled) restores 0 or 1"),
+        "mmf-except-advised": (R, _GET_BOOL),
     },
     "criu-fixed": {
-        "def-flags": (R, "VMAs mapped under prctl(1) keep nh"),
-        "def-flags-clr": (R, "VMAs mapped under prctl(1) keep nh"),
+        "def-flags": (R, _NH_LEFT),
+        "def-flags-clr": (R, _NH_LEFT),
         "mmf": (P, "restores the mode exactly"),
         "mmf-except-advised": (P, "restores EXCEPT_ADVISED with its flag"),
         "mmf-clr": (P, "as mmf"),
     },
     "clr-2017": {
-        **{e: (R, "without CLR a VMA with neither bit keeps the protective nh")
+        **{e: (A, "no MADV_CLR_HUGEPAGE: EINVAL for a dumped VMA with neither bit")
            for e in ALL if e not in CLR},
         **{e: (P, "CLR undoes the protective nh") for e in CLR},
     },
 }
-# The eras each protocol was written for (no-collapse-window is about them).
-_targets = {
-    "naive": ALL,
-    "criu-2017": ("def-flags", "mmf"),
-    "criu-3.19": ("mmf", "mmf-except-advised"),
-    "criu-fixed": ("mmf", "mmf-except-advised", "mmf-clr"),
-    "clr-2017": CLR,
-}
-for _p, _rows in _restore.items():
+for _p, _rows in _RESTORE.items():
     EXPECTED[("criu-restore-original", _p)] = _rows
-    EXPECTED[("no-collapse-window", _p)] = {
-        e: ((R, "nothing stops a collapse before UFFDIO_REGISTER") if _p == "naive" else
-            (P, "THP is off while pages go in; uffd holes block collapse after"))
-        for e in _targets[_p]
-    }
 
-PROTOCOL_ORDER = tuple(_restore)
+_PRCTL_WINDOW = "prctl(1) from before premap until after every UFFDIO_REGISTER; then holes"
+_WINDOW = {
+    "naive": {e: (R, "nothing stops a collapse before UFFDIO_REGISTER") for e in ALL},
+    "3.5-lazy-predump": {e: (P, _PRCTL_WINDOW) for e in ("def-flags", "mmf")},
+    "3.5-lazy": {e: (P, "no parent: nothing is written before UFFDIO_REGISTER")
+                 for e in ("def-flags", "mmf")},
+    "3.19-lazy-predump": {e: (P, _PRCTL_WINDOW)
+                          for e in ("def-flags", "mmf", "mmf-except-advised")},
+    "3.19-lazy": {e: (P, "no parent: nothing is written before UFFDIO_REGISTER")
+                  for e in ("def-flags", "mmf", "mmf-except-advised")},
+    "criu-fixed": {e: (P, _PRCTL_WINDOW) for e in ("mmf", "mmf-except-advised", "mmf-clr")},
+    "clr-2017": {e: (P, "nh from right after each mmap until after UFFDIO_REGISTER")
+                 for e in CLR},
+}
+for _p, _rows in _WINDOW.items():
+    EXPECTED[("no-collapse-window", _p)] = _rows
+
+PROTOCOL_ORDER = tuple(_RESTORE)

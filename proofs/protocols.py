@@ -1,39 +1,98 @@
-"""CRIU-style restore protocols, written in the model's syscall language.
+"""Restore protocols: what CRIU's restore does to a dumped process's THP state, per release,
+written in the model's syscall language and cited from CRIU's source the way the model cites
+the kernel (file, function, commit, first release; CRIU's git history).
 
-Each protocol restores a dumped process into a fresh one, VMA by VMA, the way CRIU's restorer
-does (criu/mem.c, criu/pie/restorer.c; spec §8).  `Restore` turns the steps into symbolic
-steps over a symbolic dump, so the theorems quantify over every dump of the arena; a step
-that depends on the dump ("if this VMA had hg") is guarded by that condition.
+What CRIU saves (all releases since the ones cited):
+- per VMA, the smaps VmFlags `hg`/`nh` as MADV_HUGEPAGE/MADV_NOHUGEPAGE bits of `madv`
+  (criu/proc_parse.c parse_vmflags, cc6af3898, v0.3);
+- PR_GET_THP_DISABLE as read by the parasite (criu/pie/parasite.c dump_misc), stored in the
+  protobuf bool `mm_entry.thp_disabled`, so a 6.18 EXCEPT_ADVISED value 3 is saved as true
+  (criu/cr-dump.c dump_task_mm, images/mm.proto; bbbd597b4124, v3.5).
 
-The dump: cells of the arena, each mapped or not; cells of a VMA share its hg/nh; `pop` marks
-the pages saved by the pre-dump (the rest arrive later through userfaultfd: lazy pages);
-PR_GET_THP_DISABLE as read by the parasite (dump_misc).
+What every release does on restore, in this order:
+1. `maybe_disable_thp()` (criu/mem.c, called from prepare_mappings before premap_priv_vmas;
+   9d45bb398, v3.5): prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0), only for a lazy restore
+   (--lazy-pages) whose page images have a parent (a pre-dump): "There is no need to disable
+   it if the page read doesn't have parent. In this case VMA will be empty until
+   userfaultfd_register".  On kernels where the prctl sets VM_NOHUGEPAGE on new VMAs (our
+   def-flags era) CRIU only warns (kerndat_has_thp_disable, 5480a2a40, v3.5).
+2. premap_priv_vmas(): an anonymous private mapping per VMA (criu/mem.c, fce8cac1d, v1.6).
+3. restore_priv_vma_content(): writes the pages it has: every page of a plain restore, only
+   the parent's (pre-dumped) pages of a lazy one (`pagemap_lazy` pages are skipped).
+4. The restorer (criu/pie/restorer.c __export_restore_task) moves each VMA into place
+   (vma_remap) and, for a lazy restore, registers it: enable_uffd(), UFFDIO_REGISTER_MODE_MISSING
+   (57891afcb, v3.5 is the first release with lazy pages).
+5. The THP_DISABLE prctl after the remap loops:
+   - v3.5-v3.18 (9d45bb398): only `if (args->uffd > -1)` (a lazy restore) and only if
+     maybe_disable_thp() disabled THP and the dump said THP was enabled: prctl(.., 0, ..).
+     A plain or parentless lazy restore never calls it, so a dumped prctl(1) is lost; a lazy
+     restore with a parent keeps the prctl(1) it set when the dump had one.
+   - v3.19+ (21ce76263 "Restore THP_DISABLE prctl.", v3.19): always
+     prctl(PR_SET_THP_DISABLE, thp_disabled, 0, 0, 0) with the saved bool.
+6. "Finally restore madivse() bits" (183eaab89, v0.3): madvise(start, len, bit) for each set
+   bit of `madv` in ascending order (MADV_HUGEPAGE 14 before MADV_NOHUGEPAGE 15).
+Any failing syscall above ends the restore (`goto core_restore_end` / return -1): the model
+reports such a restore as aborted.
+
+Not modelled: the premap area is elsewhere and VMAs are mremap()ed into place (vma_remap), so
+PMD alignment during step 3 differs from the final one; the model maps each VMA at its final
+address.  Non-lazy VMAs of a lazy restore (stack, VM_LOCKED, vDSO: vma_entry_can_be_lazy) are
+not told apart: every dumped VMA is private anonymous and lazy.  The lazy phase itself (the
+lazy-pages daemon's UFFDIO_COPY and close) comes after the modelled restore.
+
+`Restore` turns a protocol into symbolic steps over a symbolic dump, so the theorems quantify
+over every dump of the arena; a step that depends on the dump ("if this VMA had hg") is guarded
+by that condition.  The dump: cells, each mapped or not; cells of a VMA share its hg/nh; `pop`
+marks the pages the restore writes before registration (a plain restore: every present page;
+a lazy restore with a parent: the pre-dumped ones; a parentless lazy restore: none); PR_GET
+as the parasite read it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from vmaflags.model import arena
+from vmaflags.model import step as S
 from vmaflags.model.backend import Z3
 from vmaflags.model import rules
 from vmaflags.model.state import State, cells
 from vmaflags.model.syscalls import (MADV_CLR_HUGEPAGE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, Madvise,
-                                     Mmap, PrctlSet, Touch, UffdRegister)
+                                     Mmap, PrctlGet, PrctlSet, Touch, UffdRegister)
 
 from .engine import Run
+
+
+def pr_get(era: Any, st: State) -> Any:
+    """What prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) returns in `st`: the parasite's call
+    (dump_misc), and what a restored process's owner would ask."""
+    return S.transition(Z3, era, st, PrctlGet(), (0, 0, 0, 0))[0]
 
 
 class Restore:
     """The restorer process, stepping symbolically over a symbolic dump."""
 
-    def __init__(self, run: Run, dump: State):
-        self.run, self.dump = run, dump
+    def __init__(self, run: Run, dump: State, protocol: Protocol):
+        self.run, self.dump, self.protocol = run, dump, protocol
         self.cs = cells(dump)
         self.views = arena.vma_views(Z3, self.cs)
-        self.saved_get = rules.thp_disable_value(Z3, run.era, dump.mm)
+        self.saved_get = pr_get(run.era, dump)
+
+    def written(self, i: int) -> Any:
+        """Does the restore write cell i's pages before the lazy phase?"""
+        if self.protocol.lazy and not self.protocol.parent:
+            return False
+        c = self.cs[i]
+        return Z3.and_(c.mapped, c.pop)
+
+    def lazy(self, i: int) -> Any:
+        """Are cell i's pages left to the lazy phase (UFFDIO_COPY after the restore)?"""
+        if not self.protocol.lazy:
+            return False
+        return Z3.and_(self.cs[i].mapped, Z3.not_(self.written(i)))
 
     def each_vma(self, action: Callable[[int], None]) -> None:
-        """`action(i)` for every cell i that starts a dumped VMA, in address order."""
+        """`action(i)` for every cell i (a step on it is guarded by "i starts a dumped VMA")."""
         for i in range(len(self.cs)):
             action(i)
 
@@ -50,67 +109,86 @@ class Restore:
         self.run.do(Madvise(0, 0, advice), (a, b), Z3.and_(starts, when))
 
     def register(self, i: int) -> None:
+        """enable_uffd(): UFFDIO_REGISTER_MODE_MISSING over the VMA (lazy restores only)."""
         starts, a, b = self._vma(i)
         self.run.do(UffdRegister(0, 0, True, False), (a, b), starts)
 
     def populate(self) -> None:
-        """Write the pre-dumped pages back (the restorer copies them in: write faults)."""
-        for c in self.cs:
-            self.run.do(Touch(0, 0), (c.start, c.end), Z3.and_(c.mapped, c.pop))
+        """restore_priv_vma_content(): write the pages the restore has (write faults)."""
+        for i, c in enumerate(self.cs):
+            w = self.written(i)
+            if w is not False:
+                self.run.do(Touch(0, 0), (c.start, c.end), w)
 
-    def reapply_madv(self, i: int) -> None:
-        """CRIU: every saved madv bit is set again with madvise(); nothing is cleared."""
+    def restore_madv(self, i: int) -> None:
+        """CRIU: each saved madv bit set again with madvise(), ascending; nothing is cleared."""
         c = self.cs[i]
         self.madvise(i, MADV_HUGEPAGE, c.hg)
         self.madvise(i, MADV_NOHUGEPAGE, c.nh)
 
-    def prctl(self, a2: Any, a3: Any = 0) -> None:
-        self.run.do(PrctlSet(), (a2, a3, 0, 0))
+    def prctl(self, a2: Any, a3: Any = 0, when: Any = None) -> None:
+        self.run.do(PrctlSet(), (a2, a3, 0, 0), when)
+
+    def saved_bool(self) -> Any:
+        """mm_entry.thp_disabled: the saved PR_GET value as a protobuf bool."""
+        return Z3.ite(self.saved_get == 0, 0, 1)
+
+    def saved_mode(self) -> tuple[Any, Any]:
+        """The saved PR_GET value as prctl arguments: 3 (6.18) is EXCEPT_ADVISED."""
+        return (self.saved_bool(),
+                Z3.ite(self.saved_get == 1 | rules.PR_THP_DISABLE_EXCEPT_ADVISED,
+                       rules.PR_THP_DISABLE_EXCEPT_ADVISED, 0))
 
 
-def naive(r: Restore) -> None:
-    """No protection: the pre-dumped pages go in before the range is registered."""
+@dataclass(frozen=True)
+class Protocol:
+    id: str
+    summary: str
+    lazy: bool  # --lazy-pages: VMAs are registered with userfaultfd, pages come later
+    parent: bool  # the page images have a parent (pre-dump) whose pages are written first
+    steps: Callable[[Restore], None]
+
+
+def _criu_3_5(r: Restore) -> None:
+    """CRIU v3.5-v3.18 (9d45bb398)."""
+    p = r.protocol
+    if p.lazy and p.parent:
+        r.prctl(1)  # maybe_disable_thp()
+    r.each_vma(r.mmap)  # premap_priv_vmas()
+    r.populate()  # restore_priv_vma_content()
+    if p.lazy:
+        r.each_vma(r.register)  # vma_remap() -> enable_uffd()
+        if p.parent:  # has_thp_enabled: set by maybe_disable_thp() when the dump had 0
+            r.prctl(0, when=r.saved_get == 0)
+    r.each_vma(r.restore_madv)
+
+
+def _criu_3_19(r: Restore) -> None:
+    """CRIU v3.19+ (21ce76263): the saved bool goes back on every restore."""
+    p = r.protocol
+    if p.lazy and p.parent:
+        r.prctl(1)
     r.each_vma(r.mmap)
     r.populate()
-    r.each_vma(r.register)
-    r.each_vma(r.reapply_madv)
-    _restore_mode(r)
+    if p.lazy:
+        r.each_vma(r.register)
+    r.prctl(r.saved_bool())
+    r.each_vma(r.restore_madv)
 
 
-def criu_2017(r: Restore) -> None:
-    """CRIU 3.5-3.18 lazy restore (Rapoport, June 2017)."""
-    r.prctl(1)  # maybe_disable_thp(): no collapse while the premapped VMAs are filled
-    r.each_vma(r.mmap)
-    r.populate()
-    r.each_vma(r.register)  # enable_uffd(): UFFDIO_REGISTER_MODE_MISSING
-    r.prctl(0)
-    r.each_vma(r.reapply_madv)
-
-
-def criu_3_19(r: Restore) -> None:
-    """CRIU 3.19+ (21ce76263 "Restore THP_DISABLE prctl."): the saved PR_GET value goes back
-    as prctl(PR_SET_THP_DISABLE, thp_disabled, 0, 0, 0), a protobuf bool."""
+def _criu_fixed(r: Restore) -> None:
+    """Our proposal: v3.19 with a pre-dump, restoring the saved value exactly (3 with
+    PR_THP_DISABLE_EXCEPT_ADVISED)."""
     r.prctl(1)
     r.each_vma(r.mmap)
     r.populate()
     r.each_vma(r.register)
-    r.prctl(Z3.ite(r.saved_get == 0, 0, 1))
-    r.each_vma(r.reapply_madv)
+    r.prctl(*r.saved_mode())
+    r.each_vma(r.restore_madv)
 
 
-def criu_fixed(r: Restore) -> None:
-    """As criu-3.19, but a saved 3 (6.18 EXCEPT_ADVISED) is restored with
-    PR_THP_DISABLE_EXCEPT_ADVISED."""
-    r.prctl(1)
-    r.each_vma(r.mmap)
-    r.populate()
-    r.each_vma(r.register)
-    _restore_mode(r)
-    r.each_vma(r.reapply_madv)
-
-
-def clr_2017(r: Restore) -> None:
-    """The seed thread's proposal: MADV_NOHUGEPAGE right after mmap instead of the prctl, and
+def _clr_2017(r: Restore) -> None:
+    """The seed thread's proposal: MADV_NOHUGEPAGE right after each mmap instead of the prctl;
     afterwards MADV_HUGEPAGE, MADV_NOHUGEPAGE or MADV_CLR_HUGEPAGE per dumped VMA."""
     for i in range(len(r.cs)):
         r.mmap(i)
@@ -121,18 +199,30 @@ def clr_2017(r: Restore) -> None:
         r.madvise(i, MADV_HUGEPAGE, c.hg)
         r.madvise(i, MADV_NOHUGEPAGE, c.nh)
         r.madvise(i, MADV_CLR_HUGEPAGE, Z3.and_(Z3.not_(c.hg), Z3.not_(c.nh)))
-    _restore_mode(r)
+    r.prctl(*r.saved_mode())
 
 
-def _restore_mode(r: Restore) -> None:
-    """prctl(PR_SET_THP_DISABLE, saved != 0, saved == 3 ? PR_THP_DISABLE_EXCEPT_ADVISED : 0)"""
-    r.prctl(Z3.ite(r.saved_get == 0, 0, 1), Z3.ite(r.saved_get == 3, 2, 0))
+def _naive(r: Restore) -> None:
+    """No protection: pages go in before registration; flags and the exact mode come back."""
+    r.each_vma(r.mmap)
+    r.populate()
+    r.each_vma(r.register)
+    r.each_vma(r.restore_madv)
+    r.prctl(*r.saved_mode())
 
 
-PROTOCOLS: dict[str, Callable[[Restore], None]] = {
-    "naive": naive,
-    "criu-2017": criu_2017,
-    "criu-3.19": criu_3_19,
-    "criu-fixed": criu_fixed,
-    "clr-2017": clr_2017,
-}
+PROTOCOLS: dict[str, Protocol] = {p.id: p for p in (
+    Protocol("naive", "no protection, lazy with a pre-dump", True, True, _naive),
+    Protocol("3.5-lazy-predump", "CRIU 3.5-3.18 --lazy-pages with a pre-dump", True, True,
+             _criu_3_5),
+    Protocol("3.5-lazy", "CRIU 3.5-3.18 --lazy-pages, no pre-dump", True, False, _criu_3_5),
+    Protocol("3.5-plain", "CRIU 3.5-3.18, all pages in the images", False, False, _criu_3_5),
+    Protocol("3.19-lazy-predump", "CRIU 3.19+ --lazy-pages with a pre-dump", True, True,
+             _criu_3_19),
+    Protocol("3.19-lazy", "CRIU 3.19+ --lazy-pages, no pre-dump", True, False, _criu_3_19),
+    Protocol("3.19-plain", "CRIU 3.19+, all pages in the images", False, False, _criu_3_19),
+    Protocol("criu-fixed", "ours: 3.19 lazy with a pre-dump, the exact mode restored", True,
+             True, _criu_fixed),
+    Protocol("clr-2017", "the 2017 proposal: MADV_NOHUGEPAGE, then MADV_CLR_HUGEPAGE", True,
+             True, _clr_2017),
+)}

@@ -12,8 +12,8 @@ from vmaflags.proofs import concurrency as C
 
 
 @pytest.mark.parametrize("era,protocol", [("mmf-clr", "clr-2017"),
-                                          ("mmf-except-advised", "criu-3.19"),
-                                          ("def-flags", "criu-2017")])
+                                          ("mmf-except-advised", "3.19-lazy-predump"),
+                                          ("def-flags", "3.5-lazy-predump")])
 def test_collapse_respects_protection_under_the_kernels_locks(era, protocol):
     v = C.collapse_respects_nh(ERAS[era], protocol)
     assert v.verdict == "proved" and not v.vacuity, (v.note, v.vacuity)
@@ -48,7 +48,7 @@ def test_a_fresh_vma_closes_vlastimils_window_even_under_his_hypothesis():
 def test_writers_that_do_not_exclude_writers_break_the_collapse():
     """A restore's MADV_NOHUGEPAGE (re-applying a dumped nh) lands between the revalidation and
     the install."""
-    v = C.collapse_respects_nh(ERAS["mmf"], "criu-3.19",
+    v = C.collapse_respects_nh(ERAS["mmf"], "3.19-lazy-predump",
                                replace(KERNEL, writer_excludes_writer=False))
     assert v.verdict == "refuted"
     assert [d for d in v.counterexample if d["process"] == "khugepaged"][-1]["step"] - 1 == \

@@ -36,7 +36,7 @@ def scripts_of(row) -> list[tuple[str, Script, int]]:
 
 def test_live_era_has_refutations_to_replay():
     names = {r.name for r in refutations()}
-    assert "criu-restore-original:criu-3.19:mmf-except-advised" in names
+    assert "criu-restore-original:3.19-lazy-predump:mmf-except-advised" in names
     assert "no-collapse-window:naive:mmf-except-advised" in names
 
 

@@ -1,0 +1,392 @@
+"""The two CRIU theorems: a restore gives back the dumped process, and leaves no window in
+which a PMD still missing lazy pages can become a THP.
+
+Both run a protocol (protocols.py) symbolically over every dump of an arena shape.  A restore
+in which some syscall fails is aborted (CRIU stops at the first failure), and is reported as
+such: criu-restore-original's verdict is then `aborted`, with the failing trace, and the
+points of a restore after a failed step are not examined by no-collapse-window.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Callable
+
+import z3
+
+from vmaflags.conformance.driver import parse_line
+from vmaflags.model import arena, concrete, rules
+from vmaflags.model import step as S
+from vmaflags.model import symbolic
+from vmaflags.model.backend import Z3
+from vmaflags.model.eras import Era
+from vmaflags.model.observe import observe, vma_fact
+from vmaflags.model.state import Mm, State, cells, empty_state, hole
+from vmaflags.model.syscalls import (MADV_COLLAPSE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, PAGE,
+                                     PMD_PAGES, Khugepaged, Madvise, Mmap, PrctlSet, Syscall,
+                                     Touch)
+
+from . import engine as E
+from .protocols import PROTOCOLS, Restore, pr_get
+from .states import era_mm, era_modes, sane, vm_flags
+from .verdict import Verdict, coverage, replay, sat_or_vacuous, shape_text
+
+CRIU_SHAPE = (2, 2)
+
+
+def dump_state(era: Era, shp: tuple[int, ...]) -> tuple[State, Any]:
+    """A dumped process: any layout of VMAs over the cells, any hg/nh per VMA, any prctl mode
+    of the era, any sysfs mode; no uffd, no THP; `pop`: the pages written back before the lazy
+    phase (protocols.Restore.written).  Adjacent VMAs differ in hg/nh (VMAs with equal flags
+    that did not merge differ only in anon_vma, which no restore can reproduce: not part of
+    the claim)."""
+    st = symbolic.state(shp, "dump")
+    cs = cells(st)
+    c = [sane(st), era_mm(era, st.mm), z3.Not(st.mm.registered)]
+    for i, x in enumerate(cs):
+        c += [z3.Not(x.um), z3.Not(x.uw)]
+        if i:
+            p = cs[i - 1]
+            c.append(z3.Implies(z3.And(x.mapped, p.mapped, x.brk),
+                                z3.Or(x.hg != p.hg, x.nh != p.nh)))
+    c += [z3.Not(blk.thp) for blk in st.blocks]
+    return st, z3.And(*c)
+
+
+@lru_cache(maxsize=None)
+def restore_run(era: Era, protocol: str, shp: tuple[int, ...]
+                ) -> tuple[State, Any, E.Run, Restore]:
+    """The protocol's symbolic run over a symbolic dump (shared by the two CRIU theorems)."""
+    dump, dump_ok = dump_state(era, shp)
+    st0 = State(tuple(blk._replace(thp=Z3.F, ptable=Z3.F, cow=Z3.F, cells=tuple(
+        hole(c.start, c.end) for c in blk.cells))
+        for blk in dump.blocks), Mm(Z3.F, Z3.F, Z3.F, Z3.F), dump.sysfs, 1)
+    run = E.Run(era, [st0])
+    r = Restore(run, dump, PROTOCOLS[protocol])
+    r.protocol.steps(r)
+    return dump, dump_ok, run, r
+
+
+def dump_dims(era: Era, dump: State) -> list[tuple[str, Any, list[int]]]:
+    c = cells(dump)[0]
+    return [("sysfs", dump.sysfs, [0, 1, 2]),
+            ("saved PR_GET", pr_get(era, dump), era_modes(era)),
+            ("vm_flags", Z3.ite(c.mapped, vm_flags(c), -1), [0, 1, 2])]
+
+
+def _failed(run: E.Run) -> list[Any]:
+    """Per restore step: it ran and failed (guarded-off steps return 0)."""
+    return [Z3.not_(r == 0) if not isinstance(r, int) else r != 0 for r in run.rets]
+
+
+def _steps_run(facts: list[Any], run: E.Run) -> tuple[str, list[str]]:
+    """Each step of the protocol runs for some dump (a guard that never holds is dead)."""
+    guards = [e[2] for e in run.log]
+    runs = E.satisfiable_each(facts, [True if g is None else g for g in guards])
+    dead = [n for n, ok in enumerate(runs, 1) if not ok]
+    return (f"{len(guards) - len(dead)}/{len(guards)}",
+            [f"restore step {n} never runs" for n in dead])
+
+
+# --- what criu-restore-original compares ------------------------------------------------------
+
+def _per_cell(pred: Callable[..., Any]) -> Callable[[Era, State, State], Any]:
+    def compare(era: Era, dump: State, end: State) -> Any:
+        dc, ec = cells(dump), cells(end)
+        dv, ev = arena.vma_views(Z3, dc), arena.vma_views(Z3, ec)
+        return z3.And(*(pred(d, e, x, y) for d, e, x, y in zip(dc, ec, dv, ev)))
+    return compare
+
+
+def _eligible(era: Era, dump: State, end: State) -> Any:
+    """smaps THPeligible of each dumped VMA (5.0+)."""
+    out = []
+    for d, e, x, y in zip(cells(dump), cells(end), arena.vma_views(Z3, cells(dump)),
+                          arena.vma_views(Z3, cells(end))):
+        fd, fe = vma_fact(Z3, era, dump, d, x).eligible, vma_fact(Z3, era, end, e, y).eligible
+        if fd is not None:
+            out.append(z3.Implies(d.mapped, fd == fe))
+    return z3.And(*out)
+
+
+# Each compared observation, as a claim about the dump and the restored state.  With the
+# kernel's rules THPeligible follows from hg/nh, the bounds and PR_GET (which tells every MMF
+# state apart); it is compared because it is what smaps shows, and a PR_GET that hid a mode
+# would leave it as the only witness (tests/test_proofs.py).
+OBSERVATIONS: dict[str, Callable[[Era, State, State], Any]] = {
+    "mapped": _per_cell(lambda d, e, x, y: d.mapped == e.mapped),
+    "hg": _per_cell(lambda d, e, x, y: d.hg == e.hg),
+    "nh": _per_cell(lambda d, e, x, y: d.nh == e.nh),
+    "vma": _per_cell(lambda d, e, x, y: z3.Implies(d.mapped, z3.And(x.vstart == y.vstart,
+                                                                     x.vend == y.vend))),
+    "get": lambda era, dump, end: pr_get(era, dump) == pr_get(era, end),
+    "eligible": _eligible,
+}
+
+
+def _observed(line: str, names: tuple[str, ...]) -> tuple:
+    """The compared observations, from a replayed observation line."""
+    _, obs = parse_line("0 " + line)
+
+    def ranges(pick: Callable[[Any], bool]) -> tuple:
+        out: list[list[int]] = []
+        for v in obs.vmas:
+            if pick(v):
+                if out and out[-1][1] == v.start:
+                    out[-1][1] = v.end
+                else:
+                    out.append([v.start, v.end])
+        return tuple(map(tuple, out))
+
+    has = lambda flag: (lambda v: flag in v.flags.split("+"))  # noqa: E731
+    got = {"mapped": lambda: ranges(lambda v: True), "hg": lambda: ranges(has("hg")),
+           "nh": lambda: ranges(has("nh")), "vma": lambda: tuple((v.start, v.end)
+                                                                for v in obs.vmas),
+           "get": lambda: obs.get,
+           "eligible": lambda: tuple((v.start, v.end, v.eligible) for v in obs.vmas)}
+    return tuple(got[n]() for n in names)
+
+
+def _dump_script(era: Era, dump: State, m: z3.ModelRef) -> list[Syscall]:
+    """A script that builds the dumped process (for replay on a kernel): its VMAs, their
+    advice, its present pages, then its prctl mode."""
+    ev = lambda x: E.val(m, x)  # noqa: E731
+    out: list[Syscall] = []
+    cs = cells(dump)
+    for c, v in zip(cs, arena.vma_views(Z3, cs)):
+        if ev(c.mapped) and not ev(v.same):
+            a, b = ev(v.vstart) * PAGE, ev(v.vend) * PAGE
+            out.append(Mmap(a, b - a))
+            if ev(c.hg):
+                out.append(Madvise(a, b - a, MADV_HUGEPAGE))
+            if ev(c.nh):
+                out.append(Madvise(a, b - a, MADV_NOHUGEPAGE))
+    for c in cs:
+        if ev(c.mapped) and ev(c.pop):
+            out.append(Touch(ev(c.start) * PAGE, (ev(c.end) - ev(c.start)) * PAGE))
+    # last, so that in def-flags the VMAs above do not pick up nh from def_flags
+    if ev(dump.mm.except_adv):
+        out.append(PrctlSet(1, rules.PR_THP_DISABLE_EXCEPT_ADVISED))
+    elif ev(dump.mm.disable) or ev(dump.mm.def_nh):
+        out.append(PrctlSet(1, 0))
+    return out
+
+
+def _criu_cex(era: Era, dump: State, run: E.Run, m: z3.ModelRef, shp: tuple[int, ...],
+              upto: int | None = None, extra: list[Syscall] = ()) -> list[dict]:
+    sysfs = E.val(m, dump.sysfs)
+    return (replay(era, _dump_script(era, dump, m), sysfs, len(shp), "dump")
+            + replay(era, run.trace(m, upto) + list(extra), sysfs, len(shp), "restore"))
+
+
+def _final(era: Era, steps: list[Syscall], sysfs: int, blocks: int) -> str:
+    """The observation line after `steps` (of a fresh process if there are none)."""
+    st = empty_state(blocks, sysfs)
+    ret = 0
+    for sc in steps:
+        res = concrete.run_syscall(era, st, sc)
+        st, ret = res.state, res.ret
+    return observe(era, st, ret).text()
+
+
+# The unbounded arguments (README.md): the bounded run of the row, the lemmas of restore-frame
+# and hg-nh-exclusive in the same era (`vmaflags prove` runs them too, and reports the row as
+# bounded if one of them is not proved), and how they compose.
+PER_VMA = [
+    "bounded [2x2]: every dump of up to 4 VMAs restores, without a failed step",
+    "restore-frame L1-L3: a VMA's flags change only by steps on its range, per cell, and "
+    "the mm only by the prctl steps, so each VMA of any dump ends as one alone does",
+    "restore-frame L8: a step fails only for a cell of its range, so no step fails",
+    "restore-frame L4 and hg-nh-exclusive (sane is inductive: one VMA, one set of flags): "
+    "dumped neighbours differ in hg/nh, so their boundary comes back; none appears inside",
+    "restore-frame R3: equal hg/nh, bounds and PR_GET give equal THPeligible",
+]
+PER_PMD = [
+    "bounded [2x2]: at every point, every PMD with lazy pages is not a THP and either not "
+    "in one VMA, THP-disabled (vma_thp_disabled), without a page table, or in a "
+    "userfaultfd-armed VMA with a hole",
+    "restore-frame R1, R2: such a PMD collapses neither by khugepaged nor by MADV_COLLAPSE, "
+    "whatever its anon_vma and the sysfs mode",
+    "restore-frame L1-L7: a PMD's cells, page table and THP change only by steps on ranges "
+    "that meet it, per cell, and the mm only by the prctl steps, so each PMD of any dump "
+    "goes through the states a PMD of the bounded arena does",
+]
+
+
+# --- criu-restore-original --------------------------------------------------------------------
+
+def criu_restore_original(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_SHAPE,
+                          observations: tuple[str, ...] = tuple(OBSERVATIONS)) -> Verdict:
+    """For every dump: every syscall of the restore succeeds, and afterwards each compared
+    observation (OBSERVATIONS) equals the dump's."""
+    dump, dump_ok, run, _ = restore_run(era, protocol, shp)
+    facts = [dump_ok, *run.side]
+    sat_or_vacuous("dumps", *facts)
+    q, vac = coverage(facts, dump_dims(era, dump))
+    q["restore steps"], dead = _steps_run(facts, run)
+    vac += dead
+    bound = shape_text(shp)
+    same = z3.And(*(OBSERVATIONS[n](era, dump, run.last) for n in observations))
+    failed = _failed(run)
+    r, m = E.check(*facts, z3.Or(*failed))
+    if r == z3.sat:
+        k = next(n for n, f in enumerate(failed) if E.val(m, f))
+        cex = _criu_cex(era, dump, run, m, shp, upto=k + 1)
+        step = [d for d in cex if d["process"] == "restore"][-1]
+        if parse_line("0 " + step["observation"])[1].ret == 0:
+            return Verdict("unknown", "bounded", bound, cex, vac, quantified=q,
+                           note="the failing restore step does not fail when replayed")
+        rest, _ = E.check(*facts, z3.Not(z3.Or(*failed)), z3.Not(same))
+        where = "proved" if rest == z3.unsat else "refuted" if rest == z3.sat else "unknown"
+        return Verdict("aborted", "bounded", bound, cex, vac, quantified=q,
+                       note=f"restore step {step['step']} ({step['syscall']}) returns "
+                            f"{step['observation'].split()[0][4:]}: CRIU stops the restore; "
+                            f"where no step fails: {where}")
+    r, m = E.check(*facts, z3.Not(same))
+    if r == z3.unsat:
+        return Verdict("proved", "unbounded (per-VMA)", vacuity=vac, quantified=q,
+                       argument=PER_VMA, cross_check=f"bounded [{bound}]: proved")
+    if r != z3.sat:
+        return Verdict("unknown", "bounded", bound, vacuity=vac, quantified=q, note=str(r))
+    cex = _criu_cex(era, dump, run, m, shp)
+    sysfs = E.val(m, dump.sysfs)
+    if (_observed(_final(era, _dump_script(era, dump, m), sysfs, len(shp)), observations)
+            == _observed(_final(era, run.trace(m), sysfs, len(shp)), observations)):
+        return Verdict("unknown", "bounded", bound, cex, vac, quantified=q,
+                       note="the solver's counterexample does not replay")
+    differs = [n for n in observations if not E.val(m, OBSERVATIONS[n](era, dump, run.last))]
+    return Verdict("refuted", "bounded", bound, cex, vac, quantified=q,
+                   note="differs in " + ", ".join(differs))
+
+
+# --- no-collapse-window -----------------------------------------------------------------------
+
+# What may turn a PMD into a THP besides the restore's own faults (a PMD that already is one
+# stays one under either, so "already a THP" is part of both): one khugepaged scan, and
+# MADV_COLLAPSE of the PMD (6.1+).  MADV_COLLAPSE can do all khugepaged can (it ignores sysfs
+# and max_ptes_none), so khugepaged decides only the eras before 6.1.
+ADVERSARIES = ("khugepaged", "collapse")
+
+
+def no_collapse_window(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_SHAPE,
+                       adversaries: tuple[str, ...] = ADVERSARIES) -> Verdict:
+    """At every point of a lazy restore (before each step and after the last) that the
+    restore reaches without a failed step: no PMD holding lazy pages (protocols.Restore.lazy:
+    UFFDIO_COPY brings them after the restore) is a THP, or becomes one by a khugepaged scan
+    or by MADV_COLLAPSE on it (any process may ask: process_madvise).  A THP there has
+    zero-filled them, and the later UFFDIO_COPY fails with EEXIST.  khugepaged is assumed to
+    have the mm on its list."""
+    dump, dump_ok, run, rst = restore_run(era, protocol, shp)
+    if not rst.protocol.lazy:
+        raise ValueError(f"{protocol} is not a lazy restore")
+    facts = [dump_ok, *run.side]
+    bound = shape_text(shp)
+    failed = _failed(run)
+    # The adversary is built once, on a state h that is one of the restore's states.
+    h = symbolic.state(shp, "h")
+    j = z3.Int(E.fresh("point"))
+    at = [z3.Implies(j == n, z3.And(*(_eq(x, y) for x, y in zip(
+        symbolic.values(h).values(), symbolic.values(st).values())),
+        *(z3.Not(f) for f in failed[:n])))
+        for n, st in enumerate(run.states)]
+    _, scanned = S.khugepaged(Z3, era, h._replace(mm=h.mm._replace(registered=True)))
+    first = arena.block_first(dump)
+    lazy_blk = [z3.Or(*(rst.lazy(first[k] + i) for i in range(len(blk.cells))))
+                for k, blk in enumerate(dump.blocks)]
+    bad, where = [], []
+    for k, blk in enumerate(h.blocks):
+        made = {"khugepaged": scanned.blocks[k].thp}
+        if era.madv_collapse:
+            _, after = S.madvise(Z3, era, h, k * PMD_PAGES, (k + 1) * PMD_PAGES, MADV_COLLAPSE)
+            made["collapse"] = after.blocks[k].thp
+        for what in adversaries:
+            if what in made:
+                bad.append(z3.And(lazy_blk[k], made[what]))
+                where.append((k, what))
+    sat_or_vacuous("dumps", *facts)
+    q, vac = coverage(facts, dump_dims(era, dump))
+    q["restore steps"], dead = _steps_run(facts, run)
+    vac += dead
+    # every point is examined: reached by some dump without a failed step, with lazy pages
+    some_lazy = z3.Or(*lazy_blk)
+    if E.check(*facts, z3.Or(*failed))[0] == z3.unsat:
+        reached = len(run.states) if E.check(*facts, some_lazy)[0] == z3.sat else 0
+    else:
+        reached = sum(E.check(*facts, some_lazy, *(z3.Not(f) for f in failed[:n]))[0]
+                      == z3.sat for n in range(len(run.states)))
+    q["points"] = f"{reached}/{len(run.states)}"
+    if reached < len(run.states):
+        vac.append(f"only {reached} of {len(run.states)} restore points reached with lazy "
+                   "pages")
+    if rst.protocol.parent:
+        # some dump has a PMD, inside one VMA, with both written and lazy pages
+        partial = z3.Or(*(z3.And(*(d.mapped for d in blk.cells),
+                                 *(z3.Not(d.brk) for d in blk.cells[1:]),
+                                 z3.Or(*(d.pop for d in blk.cells)),
+                                 z3.Or(*(z3.Not(d.pop) for d in blk.cells)))
+                          for blk in dump.blocks))
+        if E.check(*facts, partial)[0] != z3.sat:
+            vac.append("no dump has a PMD with written and lazy pages")
+    exist = [a for a in ADVERSARIES if a != "collapse" or era.madv_collapse]
+    q["adversaries"] = f"{len({w for _, w in where})}/{len(exist)}"
+    if not where:
+        vac.append("no adversary exists in this era")
+    r, m = E.check(*facts, j >= 0, j < len(run.states), *at, z3.Or(*bad))
+    if r == z3.unsat:
+        # the per-PMD invariant of the unbounded argument (PER_PMD), on the same points
+        broken = z3.Or(*(z3.And(lazy_blk[k], z3.Not(_safe_pmd(era, h, k)))
+                         for k in range(len(h.blocks))))
+        if E.check(*facts, j >= 0, j < len(run.states), *at, broken)[0] == z3.unsat:
+            return Verdict("proved", "unbounded (per-PMD)", vacuity=vac, quantified=q,
+                           argument=PER_PMD, cross_check=f"bounded [{bound}]: proved")
+        return Verdict("proved", "bounded", bound, vacuity=vac, quantified=q,
+                       note="the per-PMD invariant does not hold: no unbounded argument")
+    if r != z3.sat:
+        return Verdict("unknown", "bounded", bound, vacuity=vac, quantified=q, note=str(r))
+    # MADV_COLLAPSE first where both would: its replay on a kernel needs no khugepaged timing
+    found = [w for b, w in zip(bad, where) if E.val(m, b)]
+    k, what = min(found, key=lambda w: (w[1] != "collapse", w))
+    point = E.val(m, j)
+    if E.val(m, h.blocks[k].thp):
+        what = "is a THP"
+    extra = {"is a THP": [], "khugepaged": [Khugepaged()],
+             "collapse": [Madvise(k * PMD_PAGES * PAGE, PMD_PAGES * PAGE, MADV_COLLAPSE)]}[what]
+    cex = _criu_cex(era, dump, run, m, shp, upto=point, extra=extra)
+    taken = len([d for d in cex if d["process"] == "restore"]) - len(extra)
+    note = f"PMD {k} after restore step {taken}: {what}"
+    if not _replays_thp(era, run.trace(m, point), E.val(m, dump.sysfs), len(shp), k, what):
+        return Verdict("unknown", "bounded", bound, cex, vac, quantified=q,
+                       note=note + "; does not replay")
+    return Verdict("refuted", "bounded", bound, cex, vac, quantified=q, note=note)
+
+
+def _safe_pmd(era: Era, st: State, k: int) -> Any:
+    """PMD k can become a THP neither by itself nor by an adversary (restore-frame R1, R2):
+    not a THP, and not in one VMA, or THP-disabled there, or without a page table, or in a
+    userfaultfd-armed VMA with a hole."""
+    blk = st.blocks[k]
+    c0 = blk.cells[0]
+    return z3.And(z3.Not(blk.thp), z3.Or(
+        z3.Not(arena.in_one_vma(Z3, blk.cells)),
+        rules.vma_thp_disabled(Z3, era, c0.flags, st.mm, True),
+        z3.Not(blk.ptable),
+        z3.And(z3.Or(c0.um, c0.uw), z3.Not(z3.And(*(c.pop for c in blk.cells))))))
+
+
+def _replays_thp(era: Era, steps: list[Syscall], sysfs: int, blocks: int, k: int,
+                 what: str) -> bool:
+    """The interpreter, run on the trace, shows PMD k as a THP (after the adversary, which
+    for khugepaged runs with the mm on khugepaged's list, as the theorem assumes)."""
+    st = empty_state(blocks, sysfs)
+    for sc in steps:
+        st = concrete.run_syscall(era, st, sc).state
+    if what == "khugepaged":
+        st = st._replace(mm=st.mm._replace(registered=True))
+        st = concrete.run_syscall(era, st, Khugepaged()).state
+    elif what == "collapse":
+        sc = Madvise(k * PMD_PAGES * PAGE, PMD_PAGES * PAGE, MADV_COLLAPSE)
+        st = concrete.run_syscall(era, st, sc).state
+    return bool(st.blocks[k].thp)
+
+
+def _eq(a: Any, b: Any) -> Any:
+    return a == b if z3.is_expr(a) or z3.is_expr(b) else z3.BoolVal(a == b)
