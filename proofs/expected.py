@@ -90,7 +90,8 @@ _RESTORE = {
         "mmf-except-advised": (R, _GET_BOOL),
     },
     "3.19-plain": {
-        "def-flags": (P, "no prctl before premap; prctl(thp_disabled) after the VMAs exist"),
+        "def-flags": (R, "pieok: the restorer's prctl comes before restore_mapping(), so "
+                         "def_flags puts nh on every VMA"),
         "mmf": (P, "prctl(thp_disabled) restores 0 or 1"),
         "mmf-except-advised": (R, _GET_BOOL),
     },

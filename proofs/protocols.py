@@ -16,13 +16,20 @@ What every release does on restore, in this order:
    it if the page read doesn't have parent. In this case VMA will be empty until
    userfaultfd_register".  On kernels where the prctl sets VM_NOHUGEPAGE on new VMAs (our
    def-flags era) CRIU only warns (kerndat_has_thp_disable, 5480a2a40, v3.5).
-2. premap_priv_vmas(): an anonymous private mapping per VMA (criu/mem.c, fce8cac1d, v1.6).
-3. restore_priv_vma_content(): writes the pages it has: every page of a plain restore, only
-   the parent's (pre-dumped) pages of a lazy one (`pagemap_lazy` pages are skipped).
-4. The restorer (criu/pie/restorer.c __export_restore_task) moves each VMA into place
+2. premap_priv_vmas(): an anonymous private mapping per VMA (criu/mem.c, fce8cac1d, v1.6),
+   except where the restorer can map and read it itself: a private VMA no child shares whose
+   page read is `pieok` -- local images, no parent, not --lazy-pages (criu/pagemap.c
+   open_page_read_at; 91388fce0 "mem: Delayed vma/pr restore", v3.2).  So every VMA of a
+   lazy or pre-dumped restore is premapped, and no VMA of a plain one is.
+3. restore_priv_vma_content(): writes the pages of premapped VMAs: the parent's (pre-dumped)
+   pages of a lazy restore (`pagemap_lazy` pages are skipped); a plain restore's pages are
+   queued for the restorer instead (pagemap_enqueue_iovec).
+4. The restorer (criu/pie/restorer.c __export_restore_task) moves each premapped VMA into place
    (vma_remap) and, for a lazy restore, registers it: enable_uffd(), UFFDIO_REGISTER_MODE_MISSING
    (57891afcb, v3.5 is the first release with lazy pages).
-5. The THP_DISABLE prctl after the remap loops:
+5. The THP_DISABLE prctl after the remap loops, before restore_mapping() maps the VMAs that
+   were not premapped and preadv() reads their queued pages ("Now read the contents"): in a
+   plain restore the prctl comes before every mmap and page write.
    - v3.5-v3.18 (9d45bb398): only `if (args->uffd > -1)` (a lazy restore) and only if
      maybe_disable_thp() disabled THP and the dump said THP was enabled: prctl(.., 0, ..).
      A plain or parentless lazy restore never calls it, so a dumped prctl(1) is lost; a lazy
@@ -154,7 +161,7 @@ def _criu_3_5(r: Restore) -> None:
     p = r.protocol
     if p.lazy and p.parent:
         r.prctl(1)  # maybe_disable_thp()
-    r.each_vma(r.mmap)  # premap_priv_vmas()
+    r.each_vma(r.mmap)  # premap_priv_vmas(); a plain restore: restore_mapping()
     r.populate()  # restore_priv_vma_content()
     if p.lazy:
         r.each_vma(r.register)  # vma_remap() -> enable_uffd()
@@ -166,13 +173,17 @@ def _criu_3_5(r: Restore) -> None:
 def _criu_3_19(r: Restore) -> None:
     """CRIU v3.19+ (21ce76263): the saved bool goes back on every restore."""
     p = r.protocol
-    if p.lazy and p.parent:
-        r.prctl(1)
-    r.each_vma(r.mmap)
-    r.populate()
     if p.lazy:
+        if p.parent:
+            r.prctl(1)
+        r.each_vma(r.mmap)
+        r.populate()
         r.each_vma(r.register)
-    r.prctl(r.saved_bool())
+        r.prctl(r.saved_bool())
+    else:  # pieok: restore_mapping() and preadv() in the restorer, after its prctl
+        r.prctl(r.saved_bool())
+        r.each_vma(r.mmap)
+        r.populate()
     r.each_vma(r.restore_madv)
 
 
