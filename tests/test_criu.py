@@ -3,7 +3,8 @@
 Without a VM: the module order of the guest's kernel modules, the image recipe and its hashing,
 the executor's --hold mode and `run` with arguments, the case runner's output, the model's
 side, and the model against recorded runs of real CRIU (tests/data/criu-*.txt: criu-case.sh's
-output in a Debian 6.1 guest, refreshed with the `record` helper below).
+output in a Debian 6.1 guest; `python -m vmaflags.conformance.vm.criu_command debian-6.1-std
+3.17` prints it anew).
 
 With a VM (test_criu_in_vm): one case in every mode through `vm criu`'s own code.  It needs
 root, debootstrap, mke2fs, qemu and Debian's mirror; the first run builds the root file system

@@ -217,3 +217,24 @@ def run(spec: str | None, release: str, json_out: bool) -> int:
         sys.stdout.write(render_text(rep))
         sys.stderr.write(timing_text(rep))
     return 0 if rep.ok else 1
+
+
+def record(spec: str, release: str) -> str:
+    """criu-case.sh's output for every case and mode, as tests/data/criu-*.txt keeps it:
+    python -m vmaflags.conformance.vm.criu_command debian-6.1-std 3.17 > tests/data/..."""
+    k = kernels.resolve(spec)
+    img = rootfs.image(k, RELEASES[release])
+    out = []
+    with Guest(k, initrd=img.initrd, disk=img.disk, memory=img.memory) as g:
+        out.append(f"# kernel {g.kernel()} criu {g.info.get('criu', '')}")
+        for case in CASES:
+            for mode in MODES:
+                gr = guest_run(g, case, mode)
+                if gr.error:
+                    raise RuntimeError(f"{case.name} {mode}: {gr.error}")
+                out += [f"## {case.name} {mode}", *gr.lines]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(record(*sys.argv[1:3]))

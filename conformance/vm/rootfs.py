@@ -57,9 +57,12 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t devtmpfs dev /dev
 for m in /modules/*.ko; do
-	insmod "$m" || echo "vmaflags loader: insmod $m failed" >/dev/console
+    insmod "$m" || echo "vmaflags loader: insmod $m failed" >/dev/console
 done
-mount -t ext4 /dev/vda /root || { echo "vmaflags loader: cannot mount /dev/vda" >/dev/console; exit 1; }
+if ! mount -t ext4 /dev/vda /root; then
+    echo "vmaflags loader: cannot mount /dev/vda" >/dev/console
+    exit 1
+fi
 umount /proc /dev
 exec switch_root /root /sbin/vmaflags-init
 """
@@ -70,7 +73,7 @@ ln -sf pts/ptmx /dev/ptmx
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 for m in $(cat /etc/vmaflags/modules); do
-	insmod "/lib/modules/$(uname -r)/$m" || echo "vmaflags-init: insmod $m failed" >/dev/ttyS0
+    insmod "/lib/modules/$(uname -r)/$m" || echo "vmaflags-init: insmod $m failed" >/dev/ttyS0
 done
 ip link set lo up
 """
