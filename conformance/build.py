@@ -78,7 +78,8 @@ def _first_error(stderr: str) -> str:
     return "no diagnostics"
 
 
-def _compile(cc: str, src: pathlib.Path, flags: list[str], out: pathlib.Path) -> None:
+def _compile(cc: str, src: pathlib.Path, flags: list[str], out: pathlib.Path, stem: str
+             ) -> None:
     """cc FLAGS LINK -o out src with the first of LINK_VARIANTS that works.  RuntimeError."""
     err = ""
     for extra in LINK_VARIANTS:
@@ -86,11 +87,11 @@ def _compile(cc: str, src: pathlib.Path, flags: list[str], out: pathlib.Path) ->
             res = subprocess.run([cc, *flags, *extra, "-o", str(out), str(src)],
                                  capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise RuntimeError(f"cannot build the executor: {cc}: {e}") from None
+            raise RuntimeError(f"cannot build the {stem}: {cc}: {e}") from None
         if res.returncode == 0:
             return
         err = err or res.stderr
-    raise RuntimeError(f"cannot build the executor: {_first_error(err)}")
+    raise RuntimeError(f"cannot build the {stem}: {_first_error(err)}")
 
 
 def executor_path(clr_hugepage: int | None = None) -> pathlib.Path:
@@ -99,22 +100,30 @@ def executor_path(clr_hugepage: int | None = None) -> pathlib.Path:
     `clr_hugepage` compiles in the MADV_CLR_HUGEPAGE number used for `madvise ... clr_hugepage`
     (default 26; the environment variable VMAFLAGS_CLR_HUGEPAGE overrides it at run time).
     """
-    src = source_path()
-    flags = _flags(clr_hugepage)
+    return _cached(source_path(), _flags(clr_hugepage), "executor")
+
+
+def stress_path() -> pathlib.Path:
+    """stress.c (the live races of `vmaflags stress`), built static and cached the same way."""
+    return _cached(pathlib.Path(__file__).resolve().parent / "stress.c",
+                   [*BASE_FLAGS, "-pthread"], "stress")
+
+
+def _cached(src: pathlib.Path, flags: list[str], stem: str) -> pathlib.Path:
     h = hashlib.sha256(src.read_bytes())
     h.update("\0".join([*flags, *(f for v in LINK_VARIANTS for f in v)]).encode())
     cache = cache_dir()
-    exe = cache / f"executor-{h.hexdigest()[:16]}"
+    exe = cache / f"{stem}-{h.hexdigest()[:16]}"
     if exe.is_file() and os.access(exe, os.X_OK):
         return exe
     cc = shutil.which("cc")
     if cc is None:
-        raise RuntimeError("cannot build the executor: no C compiler `cc` on PATH")
+        raise RuntimeError(f"cannot build the {stem}: no C compiler `cc` on PATH")
     fd, tmp = tempfile.mkstemp(prefix=f".{exe.name}.", dir=cache)
     os.close(fd)
     tmp_path = pathlib.Path(tmp)
     try:
-        _compile(cc, src, flags, tmp_path)
+        _compile(cc, src, flags, tmp_path, stem)
         tmp_path.chmod(0o755)
         os.replace(tmp_path, exe)
     finally:

@@ -72,6 +72,22 @@ def era(e: Era) -> Era:
     return era_at(e.id, v) if v else e
 
 
+def mainline_era() -> str | None:
+    """The mainline era whose kernel range (Era.kernels, "4.13-6.17") holds version(): what
+    this kernel is expected to be identified as."""
+    from vmaflags.model.eras import ERAS, _version
+
+    v = version()
+    if v is None:
+        return None
+    for e in ERAS.values():
+        lo, sep, hi = e.kernels.partition("-")
+        if sep and " " not in e.kernels and _version(lo) <= _version(v) and (
+                not hi or _version(v) <= _version(hi)):
+            return e.id
+    return None
+
+
 def no_thp() -> str | None:
     if _current:
         return _current.no_thp()

@@ -51,6 +51,16 @@ class Era:
     # 6.18 again on every call (seen on the 6.18 host, conformance/DIVERGENCES.md 1).  The
     # releases where it moved are not pinned.
     hugepage_madvise_registers: bool = True
+    # >= 6.4 (0bff0aaea03e "x86/mm: try VMA lock-based page fault handling first"): anonymous
+    # faults hold the VMA's own lock (lock_vma_under_rcu), not the mmap_lock; before, the mmap
+    # read lock.  Writers of vm_flags take the VMA write lock (vma_start_write), the prctl does
+    # not: see locks.py.
+    per_vma_lock_faults: bool = False
+    # >= 4.8 (hugepage_vma_revalidate, Ebru Akagunduz's khugepaged swapin series):
+    # collapse_huge_page() re-validates the VMA under the mmap read lock before the swapin, then
+    # again under the write lock; before, only under the write lock (find_vma +
+    # hugepage_vma_check inline, 4.0 mm/huge_memory.c).
+    collapse_revalidate_read: bool = True
 
     def at(self, kernel: str) -> Era:
         v = _version(kernel)
@@ -65,6 +75,8 @@ class Era:
             anon_merge_into_unfaulted=v >= (6, 16),
             collapse_needs_writable=v < (6, 18),
             hugepage_madvise_registers=not (6, 12) <= v < (6, 18),
+            per_vma_lock_faults=v >= (6, 4),
+            collapse_revalidate_read=v >= (4, 8),
         )
 
     @property

@@ -99,11 +99,11 @@ def test_no_qemu_is_a_skip_naming_the_debian_package(monkeypatch):
     assert "SKIP" in r.output and "apt-get install qemu-system-x86" in r.output
 
 
-def test_host_era_is_the_mainline_era_of_this_kernel(monkeypatch):
+def test_mainline_era_of_a_kernel_release(monkeypatch):
     for release, era in (("6.18.44-x", "mmf-except-advised"), ("6.1.0-57-cloud-amd64", "mmf"),
                          ("4.12.0", "def-flags"), ("3.10.0", None)):
         monkeypatch.setattr(host, "kernel", lambda r=release: r)
-        assert kernels.host_era() == era, release
+        assert host.mainline_era() == era, release
 
 
 def test_guest_control_lines_on_a_local_server():

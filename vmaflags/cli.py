@@ -7,7 +7,6 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from vmaflags.model import ERAS, ScriptError, era as era_by_id, parse_script
 
@@ -33,10 +32,13 @@ def eras_or_fail(ids: Optional[List[str]]) -> list:
 @app.command()
 def eras() -> None:
     """List the kernel eras (semantics) with their kernel ranges and features."""
-    t = Table("era", "kernels", "modelled as", "summary")
+    import textwrap
+
+    typer.echo(f"{'era':<20} {'kernels':<26} within-era features of")
     for e in ERAS.values():
-        t.add_row(e.id, e.kernels, e.kernel, e.summary)
-    console.print(t)
+        typer.echo(f"{e.id:<20} {e.kernels:<26} {e.kernel}")
+        typer.echo(textwrap.fill(e.summary, 79, initial_indent=" " * 4,
+                                 subsequent_indent=" " * 4, break_long_words=False))
 
 
 @app.command()
@@ -89,6 +91,17 @@ def conform(era: Optional[str] = typer.Option(None, help="era id (default: ident
 
     e = eras_or_fail([era])[0] if era else None
     raise typer.Exit(run_conform(e, identify, scenario, examples, seed, json_out, ktap))
+
+
+@app.command()
+def stress(tries: int = typer.Option(500, help="tries per race (each in a fresh process)"),
+           seconds: float = typer.Option(20.0, help="time limit per race"),
+           json_out: bool = typer.Option(False, "--json", help="JSON on stdout")) -> None:
+    """Try the races of the concurrency theorems on this kernel; exit 1 if one contradicts
+    the model."""
+    from vmaflags.conformance.stress import command
+
+    raise typer.Exit(command(tries, seconds, json_out))
 
 
 vm_app = typer.Typer(no_args_is_help=True,

@@ -202,7 +202,7 @@ def matrix(specs: list[str] | None, examples: int | None, seed: int | None,
 
 
 def _host_run(chosen: list, examples: int, seed: int) -> KernelRun:
-    kr = KernelRun("host", expected_era=kernels.host_era())
+    kr = KernelRun("host", expected_era=host.mainline_era())
     why = host.no_thp() or host.no_executor()
     if why:
         kr.skip = why
@@ -220,38 +220,38 @@ def _mark(status: str) -> Text:
 
 
 def _matrix_rich(rows: list[KernelRun], console: Console) -> None:
-    t = Table("kernel", "release", "era", "scen.", "random", "ksft", "", title="kernels",
-              title_justify="left")
-    for r in rows:
+    t = Table("", "kernel", "era identified", "scen.", "random", "ksft", "",
+              title="kernels", title_justify="left")
+    for i, r in enumerate(rows, 1):
         if r.skip or r.error or r.run is None:
-            t.add_row(r.spec, "", "", "", "", "",
+            t.add_row(f"K{i}", r.spec, "", "", "", "",
                       Text("SKIP" if r.skip else "ERROR", style="yellow" if r.skip else "red"))
             continue
         sc = r.run.scenarios
         passed = sum(x.status == "pass" for x in sc)
         rr = r.run.random
         rnd = f"{rr.examples}/{len(rr.divergences)}" if rr else "-"
-        era = r.identified or "?"
+        era = r.identified or "none"
         if r.expected_era and r.expected_era != r.identified:
-            era += f" (want {r.expected_era})"
+            era = Text(f"{era} (want {r.expected_era})", style="red")
         ks = ",".join(x["status"] for x in r.selftests) or "-"
-        t.add_row(r.spec, r.run.kernel.split("-")[0], era, f"{passed}/{len(sc)}", rnd, ks,
+        t.add_row(f"K{i}", r.spec, era, f"{passed}/{len(sc)}", rnd, ks,
                   Text("OK", style="green") if r.ok else Text("FAIL", style="red"))
     console.print(t)
-    ran = [r for r in rows if r.run is not None]
-    names = list(dict.fromkeys(x.name for r in ran for x in r.run.scenarios))  # type: ignore
+    ran = [(i, r) for i, r in enumerate(rows, 1) if r.run is not None]
+    names = list(dict.fromkeys(x.name for _, r in ran for x in r.run.scenarios))  # type: ignore
     if names:
-        s = Table("scenario", *(f"K{i}" for i in range(1, len(ran) + 1)), title="scenarios",
+        s = Table("scenario", *(f"K{i}" for i, _ in ran), title="scenarios",
                   title_justify="left")
         for n in names:
             cells = []
-            for r in ran:
+            for _, r in ran:
                 got = [x for x in r.run.scenarios if x.name == n]  # type: ignore[union-attr]
                 cells.append(_mark(got[0].status) if got else Text("-"))
             s.add_row(n, *cells)
         console.print(s)
-        console.print("  ".join(f"K{i} {r.spec}" for i, r in enumerate(ran, 1)))
-    for r in rows:
-        if r.skip or r.error:
-            console.print(f"{r.spec}: ", Text(r.skip or r.error))
-    console.print("random: sequences/divergences; ksft: kselftests in the guest")
+    for i, r in enumerate(rows, 1):
+        what = r.run.kernel if r.run is not None else (r.skip or r.error).splitlines()[0]
+        console.print(f"K{i} {r.spec}: ", Text(what))
+    console.print("scen.: scenario runs passed; random: sequences/divergences; ksft: the "
+                  "kernel's\nkselftests in the guest")

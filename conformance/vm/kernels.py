@@ -81,23 +81,6 @@ def resolve_name(spec: str) -> None:
                      "or the path of a bzImage")
 
 
-def host_era() -> str | None:
-    """The mainline era whose kernel range (Era.kernels, "4.13-6.17") holds this machine's
-    version: what `vm matrix` expects this machine to be identified as."""
-    from .. import host
-    from vmaflags.model.eras import ERAS, _version
-
-    v = host.version()
-    if v is None:
-        return None
-    for e in ERAS.values():
-        lo, sep, hi = e.kernels.partition("-")
-        if sep and " " not in e.kernels and _version(lo) <= _version(v) and (
-                not hi or _version(v) <= _version(hi)):
-            return e.id
-    return None
-
-
 def resolve(spec: str, progress: bool = True) -> Kernel:
     """The kernel to boot for SPEC, downloaded or built (and cached) on first use.  ValueError
     for an unknown SPEC (the message lists the valid ones); Skip when it cannot be had here;
