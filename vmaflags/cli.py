@@ -1,4 +1,4 @@
-"""The `vmaflags` command: eras, run (a script on the model), prove, conform."""
+"""The `vmaflags` command: eras, run (a script on the model), prove, conform, kernel."""
 from __future__ import annotations
 
 import sys
@@ -154,6 +154,29 @@ def vm_criu(kernel: Optional[str] = typer.Option(
     from vmaflags.conformance.vm.criu_command import run as criu_run
 
     raise typer.Exit(criu_run(kernel, criu, json_out))
+
+
+kernel_app = typer.Typer(no_args_is_help=True,
+                         help="Build the test kernels of kernel-patch/ (cached).")
+app.add_typer(kernel_app, name="kernel")
+
+
+@kernel_app.command("build")
+def kernel_build(name: str = typer.Argument("patched-6.12", help="kernel name (kernel list)"),
+                 jobs: Optional[int] = typer.Option(None, "--jobs", "-j",
+                                                    help="make -j (default: every CPU)")) -> None:
+    """Build a test kernel, its config and static kselftests; print where they are."""
+    from vmaflags.kernel.command import build_command
+
+    raise typer.Exit(build_command(name, jobs))
+
+
+@kernel_app.command("list")
+def kernel_list() -> None:
+    """The test kernels: source version, patch series, and whether a build is cached."""
+    from vmaflags.kernel.command import list_command
+
+    raise typer.Exit(list_command())
 
 
 def main() -> None:
