@@ -8,6 +8,7 @@
  *   executor --check SCRIPT    (parse only: exit 0, or 2 with the first error on stderr)
  *   executor --serve       (many scripts on standard input, each in a fresh child: see serve())
  *   executor --serve --guest   (the same, plus the test VM's control lines: see guest_command())
+ *   executor --hold REPORT SCRIPT [N]   (a process for CRIU to dump and restore: see hold())
  *   executor --version
  *
  * Static, libc + uapi headers only; runs on 3.15 .. 6.18 kernels (missing features degrade to
@@ -771,6 +772,7 @@ static void observe_thp_enabled(struct sbuf *o)
 }
 
 static struct sbuf out;
+static int out_fd = 1; /* where report() writes: standard output, or --hold's report file */
 
 /* Print "<label> ret=<ret> get=.. thp=.. vmas=.." in one write. */
 static void report(const char *label, const char *ret)
@@ -790,7 +792,7 @@ static void report(const char *label, const char *ret)
 	sb_str(&out, " vmas=");
 	observe_vmas(&out);
 	sb_chr(&out, '\n');
-	write_all(1, out.p, out.len);
+	write_all(out_fd, out.p, out.len);
 }
 
 /* ---- the arena ------------------------------------------------------------------------------ */
@@ -1250,6 +1252,7 @@ static void usage(void)
 	static const char m[] = "usage: executor SCRIPT   (a path, or - for standard input)\n"
 				"       executor --check SCRIPT   (parse only)\n"
 				"       executor --serve [--guest]\n"
+				"       executor --hold REPORT SCRIPT [N]\n"
 				"       executor --version\n";
 	write_all(2, m, sizeof(m) - 1);
 	exit(2);
@@ -1284,6 +1287,68 @@ static int run_script(long resume)
 	for (size_t k = start; k < nsteps; k++)
 		run_step(k);
 	return 0;
+}
+
+/* ---- --hold: the process a CRIU test dumps ------------------------------------------------- */
+/* Append `line`, or an observation if it is NULL, to the report file, opened for this line
+ * only: a dump finds no descriptor of ours but standard input, output and error. */
+static void hold_note(const char *path, const char *line)
+{
+	out_fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+	if (out_fd < 0)
+		_exit(1);
+	if (line)
+		write_all(out_fd, line, strlen(line));
+	else
+		report("obs", "0");
+	close(out_fd);
+	out_fd = 1;
+	proc_forget(); /* nor /proc files: they would be restored as another process's */
+}
+
+/*
+ * executor --hold REPORT SCRIPT [N]: the target of conformance/vm/criu.py.  In a session of its
+ * own, run the first N steps of SCRIPT (all by default; their lines on standard output, as
+ * `executor SCRIPT` prints them) and append "ready 1" to the file REPORT; then wait for
+ * signals: SIGUSR1 appends an observation "obs ret=0 get=.. thp=.. vmas=..", SIGUSR2 runs the
+ * remaining steps and appends "ready 2", SIGTERM ends the process.  Between signals it touches
+ * nothing, so CRIU can pre-dump, dump and restore it, and it reports on itself afterwards.
+ */
+static int hold(const char *path, long split)
+{
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGUSR1);
+	sigaddset(&set, SIGUSR2);
+	sigaddset(&set, SIGTERM);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	setsid();
+	for (int fd = 3; fd < 1024; fd++) /* e.g. a serial port inherited from the caller */
+		close(fd);
+	char *copy = malloc(script_len + 1);
+	if (!copy)
+		return 2;
+	memcpy(copy, script_text, script_len + 1);
+	parse_script(copy, script_len);
+	size_t n1 = split < 0 || (size_t)split > nsteps ? nsteps : (size_t)split, k = 0;
+	page_size = sysconf(_SC_PAGESIZE);
+	setup_arena();
+	install_handlers();
+	for (; k < n1; k++)
+		run_step(k);
+	hold_note(path, "ready 1\n");
+	for (;;) {
+		int sig = sigwaitinfo(&set, NULL);
+		if (sig == SIGUSR1) {
+			hold_note(path, NULL);
+		} else if (sig == SIGUSR2) {
+			for (; k < nsteps; k++)
+				run_step(k);
+			hold_note(path, "ready 2\n");
+		} else if (sig == SIGTERM) {
+			return 0;
+		}
+	}
 }
 
 /* ---- --serve: one fresh child per script ----------------------------------------------------- */
@@ -1450,15 +1515,32 @@ static int guest_sysfs(const char *name, const char *value)
 	return e;
 }
 
-/* "run PATH": run a program of the guest's initramfs (a kselftest) with its output on ours. */
-static int guest_run(const char *path, pid_t server, const sigset_t *old)
+/* "run PATH [ARG...]": run a program of the guest (a kselftest, the CRIU case runner) with its
+ * output on ours; arguments are separated by single spaces.  Its standard input is /dev/null:
+ * the control stream is ours. */
+#define RUN_ARGS 64
+static int guest_run(char *cmd, pid_t server, const sigset_t *old)
 {
+	char *argv[RUN_ARGS + 1];
+	int argc = 0;
+	for (char *p = cmd; p && argc < RUN_ARGS;) {
+		argv[argc++] = p;
+		p = strchr(p, ' ');
+		if (p)
+			*p++ = 0;
+	}
+	argv[argc] = NULL;
 	pid_t pid = fork();
 	if (pid == 0) {
 		sigprocmask(SIG_SETMASK, old, NULL);
 		serve_child(server);
+		int null = open("/dev/null", O_RDONLY);
+		if (null > 0) {
+			dup2(null, 0);
+			close(null);
+		}
 		dup2(1, 2);
-		execl(path, path, (char *)NULL);
+		execv(argv[0], argv);
 		_exit(127);
 	}
 	return pid < 0 ? -1 : serve_wait(pid, 3600);
@@ -1468,7 +1550,7 @@ static int guest_run(const char *path, pid_t server, const sigset_t *old)
  * The control lines of `--serve --guest`, for conformance/vm/guest.py driving a test VM over its
  * serial port (this process is then the VM's only worker): "clr N" sets the MADV_CLR_HUGEPAGE
  * number of the scripts that follow; "sysfs NAME [VALUE]" reads or writes a THP tunable; "run
- * PATH" runs a program.  Each ends with "end <status>" like a script (status: 0, an errno for
+ * PATH [ARG...]" runs a program.  Each ends with "end <status>" like a script (status: 0, an errno for
  * sysfs, the program's exit status or -1 for run).  Returns 0 if `line` was none of these.
  */
 static int guest_command(char *line, pid_t server, const sigset_t *old)
@@ -1520,7 +1602,7 @@ static int serve(int guest)
 	pid_t keeper = serve_keeper();
 	int rc = 0;
 	for (;;) {
-		char line[64];
+		char line[4096]; /* a `run` line carries the program's arguments */
 		size_t n = 0;
 		while (n < sizeof(line) - 1 && serve_read(line + n, 1) && line[n] != '\n')
 			n++;
@@ -1602,6 +1684,21 @@ int main(int argc, char **argv)
 		return serve(0);
 	if (argc == 3 && !strcmp(argv[1], "--serve") && !strcmp(argv[2], "--guest"))
 		return serve(1);
+	if (argc >= 4 && argc <= 5 && !strcmp(argv[1], "--hold")) {
+		long split = -1;
+		if (argc == 5) {
+			char *e;
+			split = strtol(argv[4], &e, 10);
+			if (*e || split < 0)
+				usage();
+		}
+		script_arg = argv[3];
+		if (read_script(script_arg)) {
+			write_all(2, "executor: --hold: cannot read the script\n", 41);
+			return 2;
+		}
+		return hold(argv[2], split);
+	}
 	if (i < argc && !strncmp(argv[i], "--resume=", 9)) {
 		char *e;
 		resume = strtol(argv[i] + 9, &e, 10);

@@ -194,7 +194,7 @@ def vm_run(kernel: str = typer.Option(..., "--kernel",
 
 @vm_app.command("matrix")
 def vm_matrix(kernel: Optional[List[str]] = typer.Option(
-                  None, "--kernel", help="kernels (default: every SPEC)"),
+                  None, "--kernel", help="kernels (default: every SPEC but -std)"),
               examples: Optional[int] = typer.Option(
                   None, help="random sequences per kernel (default 200)"),
               seed: Optional[int] = typer.Option(None, help="seed for the random sequences"),
@@ -203,6 +203,21 @@ def vm_matrix(kernel: Optional[List[str]] = typer.Option(
     from vmaflags.conformance.vm.command import matrix
 
     raise typer.Exit(matrix(kernel, examples, seed, json_out))
+
+
+@vm_app.command("criu")
+def vm_criu(kernel: Optional[str] = typer.Option(
+                None, "--kernel", help="a standard Debian kernel: debian-6.1-std (default), "
+                "debian-6.12-std"),
+            criu: str = typer.Option("3.17", "--criu",
+                                     help="CRIU release: 3.17 (bookworm), 4.1 (trixie)"),
+            json_out: bool = typer.Option(False, "--json", help="JSON on stdout")) -> None:
+    """Real CRIU dumps and restores processes in a test VM (plain, lazy, lazy with a
+    pre-dump); each restore is compared with the model's protocol for that CRIU release.
+    Exit 0 iff every case agrees, 4 when it cannot run here (SKIP)."""
+    from vmaflags.conformance.vm.criu_command import run as criu_run
+
+    raise typer.Exit(criu_run(kernel, criu, json_out))
 
 
 kernel_app = typer.Typer(no_args_is_help=True,

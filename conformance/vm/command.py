@@ -171,7 +171,7 @@ def _rich(kr: KernelRun, console: Console) -> None:
 
 def matrix(specs: list[str] | None, examples: int | None, seed: int | None,
            json_out: bool) -> int:
-    specs = specs or kernels.specs()
+    specs = specs or kernels.matrix_specs()
     try:
         chosen, examples, seed = command.prepare(None, examples, seed, json_out, False,
                                                  default_examples=MATRIX_EXAMPLES)

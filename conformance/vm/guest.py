@@ -33,11 +33,12 @@ from .kernels import Kernel, Skip
 
 QEMU = "qemu-system-x86_64"
 QBOOT = pathlib.Path("/usr/share/qemu/qboot.rom")
-# /dev/kvm here boots no stock kernel (shared/design-notes.md): TCG only.  -m 1024, not 512:
-# with under 512 MiB of totalram hugepage_init() (mm/huge_memory.c) clears
-# transparent_hugepage_flags -- enabled and defrag `never` -- whatever the command line says.
-QEMU_ARGS = ("-accel", "tcg,thread=multi", "-cpu", "qemu64", "-m", "1024", "-smp", "1",
+# /dev/kvm here boots no stock kernel (shared/design-notes.md): TCG only.
+QEMU_ARGS = ("-accel", "tcg,thread=multi", "-cpu", "qemu64", "-smp", "1",
              "-no-reboot", "-nodefaults", "-display", "none", "-monitor", "none")
+# MiB.  1024, not 512: with under 512 MiB of totalram hugepage_init() (mm/huge_memory.c) clears
+# transparent_hugepage_flags -- enabled and defrag `never` -- whatever the command line says.
+MEMORY = 1024
 # Debian's kernels default to THP `always`; the host (and the model's default) is `madvise`.
 CMDLINE = ("console=ttyS0 transparent_hugepage=madvise panic=-1 oops=panic "
            "loglevel=4 rdinit=/init")
@@ -81,23 +82,33 @@ class GuestExecutor(driver.Executor):
 
 
 class Guest:
-    """A booted test VM (see the module docstring); a host.Target."""
+    """A booted test VM (see the module docstring); a host.Target.
 
-    def __init__(self, kernel: Kernel, boot_timeout: float = BOOT_TIMEOUT) -> None:
+    By default it boots the initramfs of initramfs.py with MEMORY MiB.  A guest with a root
+    file system (rootfs.py: the CRIU guest) gives its own `initrd`, a `disk` image (attached
+    as a virtio disk with snapshot=on: the image is never written) and more `memory`; its
+    /init ends the same way, with READY and `executor --serve --guest` on ttyS1."""
+
+    def __init__(self, kernel: Kernel, boot_timeout: float = BOOT_TIMEOUT, *,
+                 initrd: pathlib.Path | None = None, disk: pathlib.Path | None = None,
+                 memory: int = MEMORY, cmdline: str = CMDLINE) -> None:
         why = qemu_blocker()
         if why:
             raise Skip(why)
         self.k = kernel
-        initrd = initramfs.build(kernel.selftests)
+        if initrd is None:
+            initrd = initramfs.build(kernel.selftests)
+        drive = [] if disk is None else [
+            "-drive", f"file={disk},format=raw,if=virtio,snapshot=on"]
         self._tmp = tempfile.TemporaryDirectory(prefix="vmaflags-vm-")
         self.console = pathlib.Path(self._tmp.name) / "console.txt"
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(
-            [QEMU, *QEMU_ARGS, "-bios", str(QBOOT), "-kernel", str(kernel.image),
-             "-initrd", str(initrd), "-append", CMDLINE, "-serial", f"file:{self.console}",
-             "-serial", "stdio"],
+            [QEMU, *QEMU_ARGS, "-m", str(memory), "-bios", str(QBOOT),
+             "-kernel", str(kernel.image), "-initrd", str(initrd), *drive,
+             "-append", cmdline, "-serial", f"file:{self.console}", "-serial", "stdio"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent)
+            preexec_fn=_die_with_parent, env={**os.environ, "TMPDIR": self._tmp.name})
         self.info, rest = self._ready(boot_timeout)
         self.boot_seconds = time.monotonic() - self.t0
         self.ex = GuestExecutor(self, rest)
@@ -127,8 +138,8 @@ class Guest:
                 self.proc.kill()
                 qerr = self.qemu_error()
                 self.close()
-                raise VMError(f"{self.k.name}: {why}; {qerr}console tail:\n"
-                              + self.console_tail())
+                raise VMError(f"{self.k.name}: {why}; {qerr}{self.user_messages()}"
+                              "console tail:\n" + self.console_tail())
             buf += chunk
 
     # ---- host.Target ---------------------------------------------------------------------
@@ -194,10 +205,13 @@ class Guest:
 
     # ---- the rest --------------------------------------------------------------------------
 
-    def run_program(self, path: str, timeout: float = 600) -> tuple[int, list[str]]:
-        """Run a program of the initramfs (a kselftest): (exit status, its output lines);
-        status -1 when it was killed at the guest's timeout."""
-        lines, status = self.ex.control(f"run {path}", timeout)
+    def run_program(self, path: str, timeout: float = 600, args: tuple[str, ...] = ()
+                    ) -> tuple[int, list[str]]:
+        """Run a program of the guest (a kselftest) with `args` (no spaces or newlines in any):
+        (exit status, its output lines); status -1 when it was killed at the guest's timeout."""
+        if any(not a or " " in a or "\n" in a for a in (path, *args)):
+            raise ValueError(f"run: empty, space or newline in {(path, *args)!r}")
+        lines, status = self.ex.control(" ".join(("run", path, *args)), timeout)
         return int(status), lines
 
     def console_tail(self, n: int = 15) -> str:
@@ -206,6 +220,17 @@ class Guest:
         except OSError:
             return "(no console output)"
         return "\n".join(text.replace("\r", "").splitlines()[-n:]) or "(no console output)"
+
+    def user_messages(self, n: int = 5) -> str:
+        """The last console lines that are not the kernel's (an /init that failed before
+        READY says why there, above the panic's backtrace), as "init said: ...; " or ""."""
+        try:
+            text = self.console.read_text(errors="replace")
+        except OSError:
+            return ""
+        said = [ln for ln in text.replace("\r", "").splitlines()
+                if ln.strip() and not ln.startswith(("[", "Probing EDD"))]
+        return f"init said: {' | '.join(said[-n:])}; " if said else ""
 
     def qemu_error(self) -> str:
         """The last line qemu printed on stderr (once it has exited), or ""."""

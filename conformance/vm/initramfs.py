@@ -25,22 +25,31 @@ MARK = "@@VMF"
 
 # ttyS1 is opened once, read-write, for the whole life of the guest: bytes the host sends while
 # no one has the port open are dropped, so it must be open (and raw) before READY goes out.
-INIT = r"""#!/bin/sh
-export PATH=/bin
+# @SETUP@ and @READY@ are empty here; rootfs.py's /init loads modules there and reports CRIU.
+INIT_TEMPLATE = r"""#!/bin/sh
+export PATH=@PATH@
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
-exec 3<>/dev/ttyS1
+@SETUP@exec 3<>/dev/ttyS1
 stty -F /dev/ttyS1 raw -echo -echoe -echok -echoctl -echoke
 has() { [ -e "$1" ] && echo 1 || echo 0; }
 T=/sys/kernel/mm/transparent_hugepage
 echo "@MARK@ READY release=$(uname -r) thp=$(has $T/enabled)" \
      "uffd=$(has /proc/sys/vm/unprivileged_userfaultfd) smaps=$(has /proc/self/smaps)" \
-     "uptime=$(cat /proc/uptime | { read a b; echo $a; })" >&3
+     "uptime=$(cat /proc/uptime | { read a b; echo $a; })"@READY@ >&3
 /bin/executor --serve --guest <&3 >&3 2>/dev/ttyS0
 echo "@MARK@ EXIT $?" >&3
-reboot -f
+@REBOOT@
 """
+
+
+def init_script(path: str = "/bin", setup: str = "", ready: str = "",
+                reboot: str = "reboot -f") -> str:
+    """The guest's /init: `setup` (shell lines) runs before ttyS1 is opened, `ready` adds
+    fields to the READY line (shell words), `reboot` ends the guest."""
+    return (INIT_TEMPLATE.replace("@PATH@", path).replace("@SETUP@", setup)
+            .replace("@READY@", ready).replace("@REBOOT@", reboot).replace("@MARK@", MARK))
 
 
 class Cpio:
@@ -99,7 +108,7 @@ def build(selftests: dict[str, pathlib.Path] | None = None) -> pathlib.Path:
         exe = executor_path()
     except RuntimeError as e:
         raise Skip(str(e)) from None
-    init = INIT.replace("@MARK@", MARK)
+    init = init_script()
     files = {"bin/busybox": bb, "bin/executor": exe,
              **{f"bin/{n}": p for n, p in sorted((selftests or {}).items())}}
     h = hashlib.sha256(init.encode() + " ".join(APPLETS).encode())

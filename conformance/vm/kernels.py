@@ -1,10 +1,12 @@
-"""The kernels `vmaflags vm` boots, by SPEC: Debian's cloud kernels, kernels built from
-kernel-patch/ (vmaflags.kernel), or a path to a bzImage.
+"""The kernels `vmaflags vm` boots, by SPEC: Debian's cloud and standard kernels, kernels built
+from kernel-patch/ (vmaflags.kernel), or a path to a bzImage.
 
 Debian kernels are fetched with `apt-get download` (the meta package followed to the current
 concrete one with apt-cache) and unpacked with `dpkg-deb -x`, never installed; the vmlinuz and
-its config are cached under the cache directory's vm/<package>/.  Built kernels come from
-`vmaflags.kernel.build`, which caches them by source version, series and config.
+its config are cached under the cache directory's vm/<package>/, and for the standard kernels
+their modules too (vm/<package>/modules/: the CRIU guest of rootfs.py loads virtio, ext4,
+netfilter and socket-diag modules, which the cloud kernels partly lack).  Built kernels come
+from `vmaflags.kernel.build`, which caches them by source version, series and config.
 """
 from __future__ import annotations
 
@@ -19,10 +21,14 @@ from dataclasses import dataclass, field
 
 from ..build import cache_dir
 
-# SPEC -> the Debian meta package that depends on the current cloud kernel of that series.
-DEBIAN = {"debian-6.1": "linux-image-cloud-amd64", "debian-6.12": "linux-image-6.12-cloud-amd64"}
+# SPEC -> the Debian meta package that depends on the current kernel of that series.
+DEBIAN = {"debian-6.1": "linux-image-cloud-amd64", "debian-6.12": "linux-image-6.12-cloud-amd64",
+          "debian-6.1-std": "linux-image-amd64", "debian-6.12-std": "linux-image-6.12-amd64"}
+# The standard kernels: their modules are kept.  `vm matrix` leaves them out by default (the
+# cloud kernels are the same source and era); `vm criu` needs them.
+STANDARD = ("debian-6.1-std", "debian-6.12-std")
 # The era each kernel is expected to be identified as (vmaflags vm matrix checks it).
-EXPECTED_ERA = {"debian-6.1": "mmf", "debian-6.12": "mmf"}
+EXPECTED_ERA = {spec: "mmf" for spec in DEBIAN}
 # Options the guest needs built in (=y: the initramfs has no modules).
 NEEDED_CONFIG = ("CONFIG_TRANSPARENT_HUGEPAGE", "CONFIG_USERFAULTFD", "CONFIG_PROC_PAGE_MONITOR",
                  "CONFIG_BLK_DEV_INITRD", "CONFIG_RD_GZIP", "CONFIG_SERIAL_8250_CONSOLE",
@@ -42,6 +48,7 @@ class Kernel:
     config: pathlib.Path | None
     selftests: dict[str, pathlib.Path] = field(default_factory=dict)  # kselftests to run
     expected_era: str | None = None
+    modules: pathlib.Path | None = None  # lib/modules/<release>/ of a standard kernel
 
 
 def _built() -> dict:
@@ -55,6 +62,11 @@ def _built() -> dict:
 
 def specs() -> list[str]:
     return [*DEBIAN, *_built()]
+
+
+def matrix_specs() -> list[str]:
+    """What `vm matrix` runs by default: every SPEC but the standard Debian kernels."""
+    return [s for s in specs() if s not in STANDARD]
 
 
 def resolve_name(spec: str) -> None:
@@ -95,9 +107,10 @@ def _debian(spec: str) -> Kernel:
     d = cache_dir("vm") / pkg
     image, config = d / "vmlinuz", d / "config"
     if not image.is_file():
-        _download(pkg, d)
+        _download(pkg, d, spec in STANDARD)
+    mods = sorted((d / "modules").glob("*")) if spec in STANDARD else []
     return Kernel(spec, pkg, image, config if config.is_file() else None,
-                  expected_era=EXPECTED_ERA[spec])
+                  expected_era=EXPECTED_ERA[spec], modules=mods[0] if mods else None)
 
 
 def _apt_depends(pkg: str) -> list[str]:
@@ -138,7 +151,7 @@ def _package(meta: str) -> str:
     return pkg
 
 
-def _download(pkg: str, dest: pathlib.Path) -> None:
+def _download(pkg: str, dest: pathlib.Path, modules: bool = False) -> None:
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
             raise Skip(f"no `{tool}` to fetch {pkg}")
@@ -164,6 +177,12 @@ def _download(pkg: str, dest: pathlib.Path) -> None:
         configs = sorted((x / "boot").glob("config-*"))
         if configs:
             shutil.copy(configs[0], stage / "config")
+        if modules:
+            trees = sorted((x / "lib" / "modules").glob("*"))
+            if not trees:
+                raise Skip(f"{pkg} has no /lib/modules")
+            (stage / "modules").mkdir()
+            os.replace(trees[0], stage / "modules" / trees[0].name)
         if dest.exists():  # a concurrent download won
             return
         os.replace(stage, dest)
