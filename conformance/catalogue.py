@@ -209,7 +209,8 @@ def replay(script_text: str, era: Era | str, guard: sysfs.SysfsGuard | None = No
 
     e = era_by_id(era) if isinstance(era, str) else era
     sc = parse("replay", script_text, strict=False)
-    needs_guard = sc.sysfs_steps or sc.khugepaged or any(m != LIVE for m in sc.modes)
+    needs_guard = (sc.sysfs_steps or sc.khugepaged
+                   or any(m not in (LIVE, host.read("enabled")) for m in sc.modes))
     if needs_guard and guard is None:
         with host.guard() as g:
             return replay(script_text, e, g)

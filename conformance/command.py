@@ -18,6 +18,7 @@ from . import catalogue, host, identify, report, sequences, sysfs
 from .catalogue import CatalogueError
 
 DEFAULT_EXAMPLES = 2000
+MAX_EXAMPLES = 10_000_000  # hours of work; the shard plan is built up front
 
 
 class Usage(ValueError):
@@ -31,8 +32,8 @@ def prepare(scenarios: list[str] | None, examples: int | None, seed: int | None,
     """Check the arguments before anything runs: (scenarios, examples, seed), or Usage."""
     if json_out and ktap:
         raise Usage("choose one of --json and --ktap")
-    if examples is not None and examples < 0:
-        raise Usage("--examples must be >= 0")
+    if examples is not None and not 0 <= examples <= MAX_EXAMPLES:
+        raise Usage(f"--examples must be from 0 to {MAX_EXAMPLES:,}")
     try:
         chosen = catalogue.load(scenarios)  # malformed or unknown: exit 2 before any run
     except CatalogueError as e:

@@ -5,6 +5,7 @@
  * arena's VMAs as /proc/self/smaps shows them.
  *
  *   executor SCRIPT        (a path, or - for standard input)
+ *   executor --check SCRIPT    (parse only: exit 0, or 2 with the first error on stderr)
  *   executor --serve       (many scripts on standard input, each in a fresh child: see serve())
  *   executor --serve --guest   (the same, plus the test VM's control lines: see guest_command())
  *   executor --version
@@ -19,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -281,106 +283,120 @@ static void parse_fail(const char *fmt, ...)
 	exit(2);
 }
 
-/* Sizes, like the model's _size: (0x[0-9a-fA-F]+|[0-9]+)[KM]? */
-static int parse_size(const char *t, uint64_t *out)
+/* A token quoted for a parse_fail message, as the model's parser quotes it: its first
+ * QUOTE_MAX bytes (then "..."), printable ASCII as is and every other byte as \xNN, in single
+ * quotes.  (The process exits right after.) */
+#define QUOTE_MAX 40
+static const char *quote(const char *t)
+{
+	static char o[4 * QUOTE_MAX + 6];
+	char *w = o;
+	const char *stop = t + strnlen(t, QUOTE_MAX);
+	*w++ = '\'';
+	for (; t < stop; t++) {
+		unsigned char c = *t;
+		if (c >= 0x20 && c < 0x7f)
+			*w++ = c;
+		else
+			w += sprintf(w, "\\x%02x", c);
+	}
+	*w++ = '\'';
+	strcpy(w, *t ? "..." : "");
+	return o;
+}
+
+/*
+ * The script language's words and numbers, exactly as SCRIPT.md and the model's parser
+ * (vmaflags.model.syscalls, the same messages) define them; tests/test_script_language.py
+ * feeds both parsers the same scripts.  NUM is 0x HEX+ or DEC+, ASCII only.  parse_num parses
+ * NUM at t: 0 with *end past it, -1 if there is none, -2 if it is 2^64 or more.
+ */
+static int parse_num(const char *t, const char **end, uint64_t *out)
 {
 	uint64_t v = 0;
 	const char *p = t;
-	int digits = 0;
+	int digits = 0, over = 0;
 	if (p[0] == '0' && p[1] == 'x') {
-		p += 2;
-		for (; *p; p++, digits++) {
+		for (p += 2;; p++, digits++) {
 			int d;
 			if (*p >= '0' && *p <= '9') d = *p - '0';
 			else if (*p >= 'a' && *p <= 'f') d = *p - 'a' + 10;
 			else if (*p >= 'A' && *p <= 'F') d = *p - 'A' + 10;
 			else break;
-			if (v >> 60)
-				return -1;
+			over |= (v >> 60) != 0;
 			v = v * 16 + d;
 		}
 	} else {
 		for (; *p >= '0' && *p <= '9'; p++, digits++) {
-			if (v > (UINT64_MAX - 9) / 10)
-				return -1;
+			over |= v > (UINT64_MAX - (*p - '0')) / 10;
 			v = v * 10 + (*p - '0');
 		}
 	}
 	if (!digits)
 		return -1;
-	unsigned shift = 0;
-	if (*p == 'K') shift = 10, p++;
-	else if (*p == 'M') shift = 20, p++;
-	if (*p)
-		return -1;
-	if (shift && (v >> (64 - shift)))
-		return -1;
-	*out = v << shift;
-	return 0;
+	*end = p;
+	*out = v;
+	return over ? -2 : 0;
 }
 
-/* Integers, like Python's int(tok, 0): optional sign, 0x/0o/0b prefix or decimal (no leading 0). */
-static int parse_int(const char *t, int64_t *out)
-{
-	const char *p = t;
-	int neg = 0;
-	if (*p == '+' || *p == '-')
-		neg = *p++ == '-';
-	unsigned base = 10;
-	if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) base = 16, p += 2;
-	else if (p[0] == '0' && (p[1] == 'o' || p[1] == 'O')) base = 8, p += 2;
-	else if (p[0] == '0' && (p[1] == 'b' || p[1] == 'B')) base = 2, p += 2;
-	const char *digits = p;
-	uint64_t v = 0;
-	for (; *p; p++) {
-		unsigned d;
-		if (*p == '_' && p != digits && p[1] && p[1] != '_')
-			continue;
-		if (*p >= '0' && *p <= '9') d = *p - '0';
-		else if (*p >= 'a' && *p <= 'z') d = *p - 'a' + 10;
-		else if (*p >= 'A' && *p <= 'Z') d = *p - 'A' + 10;
-		else return -1;
-		if (d >= base)
-			return -1;
-		if (v > (UINT64_MAX - d) / base)
-			return -1;
-		v = v * base + d;
-	}
-	if (p == digits)
-		return -1;
-	if (base == 10 && digits[0] == '0') /* "007" is an error in Python, "000" is not */
-		for (const char *q = digits; q < p; q++)
-			if (*q != '0' && *q != '_')
-				return -1;
-	if (neg ? v > (uint64_t)INT64_MAX + 1 : v > UINT64_MAX)
-		return -1;
-	*out = neg ? (int64_t)(0 - v) : (int64_t)v;
-	return 0;
-}
-
+/* SIZE: NUM with an optional K or M suffix, below 2^64. */
 static uint64_t need_size(const char *t)
 {
 	uint64_t v;
-	if (parse_size(t, &v))
-		parse_fail("bad size '%s'", t);
-	return v;
+	const char *p;
+	int r = parse_num(t, &p, &v);
+	unsigned shift = 0;
+	if (r != -1 && *p == 'K') shift = 10, p++;
+	else if (r != -1 && *p == 'M') shift = 20, p++;
+	if (r == -1 || *p)
+		parse_fail("bad size %s", quote(t));
+	if (r || (shift && (v >> (64 - shift))))
+		parse_fail("size %s does not fit in 64 bits", quote(t));
+	return v << shift;
 }
 
-static int64_t need_int(const char *t)
+/* INT: -?NUM, as a sign and a magnitude: 0, -1 (not an INT) or -2 (magnitude 2^64 or more). */
+static int parse_int(const char *t, int *neg, uint64_t *mag)
 {
-	int64_t v;
-	if (parse_int(t, &v))
-		parse_fail("bad number '%s'", t);
-	return v;
+	const char *p;
+	*neg = *t == '-';
+	int r = parse_num(t + *neg, &p, mag);
+	return r == -1 || *p ? -1 : r;
+}
+
+/* An INT within [-lo_mag, hi]: its two's complement. */
+static uint64_t need_int(const char *t, uint64_t lo_mag, uint64_t hi, const char *range)
+{
+	int neg;
+	uint64_t m;
+	int r = parse_int(t, &neg, &m);
+	if (r == -1)
+		parse_fail("bad number %s", quote(t));
+	if (r || m > (neg ? lo_mag : hi))
+		parse_fail("number %s out of range (%s)", quote(t), range);
+	return neg ? 0 - m : m;
+}
+
+/* An int (the guest's "clr N", VMAFLAGS_CLR_HUGEPAGE): 0, or -1 if t is none. */
+static int parse_c_int(const char *t, int *out)
+{
+	int neg;
+	uint64_t m;
+	if (parse_int(t, &neg, &m) || m > (neg ? (uint64_t)INT_MAX + 1 : (uint64_t)INT_MAX))
+		return -1;
+	*out = neg ? (int)(0 - (int64_t)m) : (int)m;
+	return 0;
 }
 
 static int is_space(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f'; }
+
+#define MAX_TOKENS 8 /* kept of a line; more are counted (no step takes more than 4) */
 
 static void parse_script(char *text, size_t len)
 {
 	size_t cap = 0;
 	char *p = text, *end = text + len;
-	int lineno = 0;
+	int lineno = 0, arena_line = 0;
 	while (p < end) {
 		char *nl = memchr(p, '\n', end - p);
 		char *eol = nl ? nl : end;
@@ -389,8 +405,10 @@ static void parse_script(char *text, size_t len)
 		char *hash = memchr(p, '#', eol - p);
 		if (hash)
 			eol = hash;
+		if (memchr(p, 0, eol - p))
+			parse_fail("NUL byte");
 		*eol = 0; /* the text is ours; execve re-reads the file, not this copy */
-		char *tok[8];
+		char *tok[MAX_TOKENS];
 		int nt = 0;
 		char *q = p;
 		while (*q) {
@@ -398,9 +416,9 @@ static void parse_script(char *text, size_t len)
 				q++;
 			if (!*q)
 				break;
-			if (nt == 8)
-				parse_fail("too many arguments");
-			tok[nt++] = q;
+			if (nt < MAX_TOKENS)
+				tok[nt] = q;
+			nt++;
 			while (*q && !is_space(*q))
 				q++;
 			if (*q)
@@ -410,12 +428,14 @@ static void parse_script(char *text, size_t len)
 		if (!nt)
 			continue;
 		if (!strcmp(tok[0], "arena")) {
-			if (nsteps)
-				parse_fail("arena must come before the first step");
-			int64_t n = 0;
-			if (nt != 2 || parse_int(tok[1], &n) || n < 1 || n > ARENA_MAX)
+			if (nsteps || arena_line)
+				parse_fail("arena comes once, before the first step");
+			if (nt != 2)
 				parse_fail("arena takes a block count from 1 to %d", ARENA_MAX);
-			arena_blocks = n;
+			arena_blocks = need_int(tok[1], 0, ARENA_MAX, "1..64");
+			if (!arena_blocks)
+				parse_fail("number %s out of range (1..%d)", quote(tok[1]), ARENA_MAX);
+			arena_line = lineno;
 			continue;
 		}
 		struct step s;
@@ -426,7 +446,7 @@ static void parse_script(char *text, size_t len)
 			if (!strcmp(tok[0], opnames[k].name))
 				break;
 		if (k == sizeof(opnames) / sizeof(opnames[0]))
-			parse_fail("unknown step '%s'", tok[0]);
+			parse_fail("unknown step %s", quote(tok[0]));
 		s.op = opnames[k].op;
 		int nargs = nt - 1;
 		switch (s.op) {
@@ -434,8 +454,9 @@ static void parse_script(char *text, size_t len)
 		case OP_PRCTL_GET:
 			if (nargs > 4)
 				parse_fail("%s takes at most 4 arguments", tok[0]);
-			for (int i = 0; i < nargs; i++)
-				s.a[i] = (uint64_t)need_int(tok[1 + i]);
+			for (int i = 0; i < nargs; i++) /* raw unsigned longs; negative: two's complement */
+				s.a[i] = need_int(tok[1 + i], (uint64_t)1 << 63, UINT64_MAX,
+						  "-9223372036854775808..18446744073709551615");
 			break;
 		case OP_MMAP:
 		case OP_MUNMAP:
@@ -455,26 +476,30 @@ static void parse_script(char *text, size_t len)
 				else if (!strcmp(a, "nohugepage")) s.adv = MADV_NOHUGEPAGE;
 				else if (!strcmp(a, "collapse")) s.adv = MADV_COLLAPSE;
 				else if (!strcmp(a, "clr_hugepage")) s.clr = 1;
-				else {
-					int64_t v = need_int(a);
-					if (v < INT_MIN || v > INT_MAX)
-						parse_fail("bad advice '%s'", a);
-					s.adv = (int)v;
-				}
+				else if (*a == '-') /* madvise()'s int behavior; never negative */
+					parse_fail("bad advice %s", quote(a));
+				else
+					s.adv = (int)need_int(a, 0, INT_MAX, "0..2147483647");
 			} else if (s.op == OP_UFFD_REGISTER) {
-				char *m = tok[3];
-				for (;;) {
-					char *plus = strchr(m, '+');
-					if (plus)
-						*plus = 0;
-					if (!strcmp(m, "missing")) s.mode |= UFFDIO_REGISTER_MODE_MISSING;
-					else if (!strcmp(m, "wp")) s.mode |= UFFDIO_REGISTER_MODE_WP;
-					else parse_fail("bad uffd mode (missing, wp or missing+wp)");
-					if (!plus)
+				for (const char *m = tok[3];; m++) { /* words joined by '+' */
+					size_t n = strcspn(m, "+");
+					if (n == 7 && !strncmp(m, "missing", 7))
+						s.mode |= UFFDIO_REGISTER_MODE_MISSING;
+					else if (n == 2 && !strncmp(m, "wp", 2))
+						s.mode |= UFFDIO_REGISTER_MODE_WP;
+					else
+						parse_fail("bad uffd mode %s (missing, wp or missing+wp)",
+							   quote(tok[3]));
+					m += n;
+					if (!*m)
 						break;
-					m = plus + 1;
 				}
 			}
+			uint64_t arena = (uint64_t)arena_blocks * PMD_SIZE;
+			if (s.off > arena || s.len > arena - s.off)
+				parse_fail("range 0x%llx+0x%llx leaves the arena (0x%llx bytes)",
+					   (unsigned long long)s.off, (unsigned long long)s.len,
+					   (unsigned long long)arena);
 			break;
 		}
 		case OP_SYSFS:
@@ -486,12 +511,8 @@ static void parse_script(char *text, size_t len)
 		case OP_KHUGEPAGED:
 			if (nargs > 1)
 				parse_fail("khugepaged takes at most 1 argument");
-			if (nargs) {
-				int64_t v = need_int(tok[1]);
-				if (v < 0)
-					parse_fail("bad number '%s'", tok[1]);
-				s.ms = v;
-			}
+			if (nargs)
+				s.ms = need_int(tok[1], 0, UINT64_MAX, "0..18446744073709551615");
 			break;
 		default:
 			if (nargs)
@@ -1215,9 +1236,19 @@ static int read_script(const char *path)
 	return -1;
 }
 
+__attribute__((noreturn)) static void cannot_read(void)
+{
+	char m[512];
+	int n = snprintf(m, sizeof(m), "executor: cannot read %s: %s\n", script_arg,
+			 strerror(errno));
+	write_all(2, m, n);
+	exit(2);
+}
+
 static void usage(void)
 {
 	static const char m[] = "usage: executor SCRIPT   (a path, or - for standard input)\n"
+				"       executor --check SCRIPT   (parse only)\n"
 				"       executor --serve [--guest]\n"
 				"       executor --version\n";
 	write_all(2, m, sizeof(m) - 1);
@@ -1281,34 +1312,54 @@ static int serve_read(char *dst, size_t n)
 	return 1;
 }
 
-/* The exit status of child `pid`, killing it after `secs` seconds: 0..255, 128 + signal, or
- * -1 for a timeout.  SIGCHLD is blocked in the server, so it can be waited for with a timeout. */
+static void on_sigchld(int sig) { (void)sig; } /* only to end a ppoll() in serve_wait */
+
+/* The signal mask serve_wait() waits under: the server's, with SIGCHLD let through. */
+static sigset_t serve_waitmask;
+
+#define SERVE_TIMEOUT (-1)
+#define SERVE_HANGUP (-2)
+
+/*
+ * The exit status of child `pid`, killing it after `secs` seconds: 0..255, 128 + signal, or
+ * SERVE_TIMEOUT.  SIGCHLD is blocked in the server except inside ppoll(), so it can be waited
+ * for with a timeout.  The child is killed as well, and SERVE_HANGUP returned, when nobody
+ * reads our standard output any more (a pipe without readers polls POLLERR): the driver is
+ * gone, killed say, and a script inside a long khugepaged wait must not keep us alive.  (Not
+ * the end of our input: a caller may write every script at once and close it.)
+ */
 static int serve_wait(pid_t pid, uint64_t secs)
 {
 	struct timespec now, end;
 	clock_gettime(CLOCK_MONOTONIC, &end);
 	end.tv_sec += secs;
-	sigset_t chld;
-	sigemptyset(&chld);
-	sigaddset(&chld, SIGCHLD);
-	int status, timed_out = 0;
+	struct pollfd out = {.fd = 1, .events = 0}; /* POLLERR and POLLHUP come unasked */
+	int status, killed = 0;
 	for (;;) {
-		pid_t w = waitpid(pid, &status, timed_out ? 0 : WNOHANG);
+		pid_t w = waitpid(pid, &status, killed ? 0 : WNOHANG);
 		if (w == pid)
 			break;
 		if (w < 0 && errno != EINTR)
-			return -1;
+			return SERVE_TIMEOUT;
+		if (killed)
+			continue;
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		struct timespec left = {end.tv_sec - now.tv_sec, end.tv_nsec - now.tv_nsec};
 		if (left.tv_nsec < 0)
 			left.tv_sec--, left.tv_nsec += 1000000000L;
-		if (left.tv_sec < 0 || (sigtimedwait(&chld, NULL, &left) < 0 && errno == EAGAIN)) {
-			kill(pid, SIGKILL);
-			timed_out = 1;
+		if (left.tv_sec < 0) {
+			killed = SERVE_TIMEOUT;
+		} else if (ppoll(&out, 1, &left, &serve_waitmask) > 0) {
+			if (out.revents & POLLNVAL) /* no standard output at all: nothing to watch */
+				out.fd = -1;
+			else
+				killed = SERVE_HANGUP;
 		}
+		if (killed)
+			kill(pid, SIGKILL);
 	}
-	if (timed_out)
-		return -1;
+	if (killed)
+		return killed;
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
@@ -1322,16 +1373,28 @@ static int serve_wait(pid_t pid, uint64_t secs)
 /* In a child of the server: die with it (also if it died before we asked). */
 static void serve_child(pid_t server)
 {
+	signal(SIGCHLD, SIG_DFL);
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() != server)
 		_exit(1);
 }
 
+/* The keeper, once it has registered: the server serves no script before that, or the first
+ * scripts would meet the empty list the keeper is there to prevent. */
 static pid_t serve_keeper(void)
 {
+	int ready[2];
+	if (pipe2(ready, O_CLOEXEC))
+		ready[0] = ready[1] = -1;
 	pid_t server = getpid(), pid = fork();
-	if (pid != 0)
+	if (pid != 0) {
+		char c;
+		close(ready[1]);
+		while (ready[0] >= 0 && read(ready[0], &c, 1) < 0 && errno == EINTR)
+			; /* a byte, or end of file if the keeper died first */
+		close(ready[0]);
 		return pid;
+	}
 	serve_child(server);
 	for (int fd = 0; fd < 3; fd++) /* the caller's pipes reach EOF with the server alone */
 		close(fd);
@@ -1340,8 +1403,11 @@ static pid_t serve_keeper(void)
 	if (p != MAP_FAILED) {
 		char *a = (char *)(((uintptr_t)p + PMD_SIZE - 1) & ~(PMD_SIZE - 1));
 		a[0] = 1; /* an anon_vma first: khugepaged only takes VMAs that have one */
-		madvise(a, PMD_SIZE, MADV_HUGEPAGE);
+		madvise(a, PMD_SIZE, MADV_HUGEPAGE); /* khugepaged_enter_vma(): on the list */
 	}
+	close(ready[0]);
+	write_all(ready[1], "", 1);
+	close(ready[1]);
 	for (;;)
 		pause();
 }
@@ -1413,8 +1479,8 @@ static int guest_command(char *line, pid_t server, const sigset_t *old)
 	*arg++ = 0;
 	int status;
 	if (!strcmp(line, "clr")) {
-		int64_t v;
-		status = parse_int(arg, &v) || v < INT_MIN || v > INT_MAX ? EINVAL : 0;
+		int v;
+		status = parse_c_int(arg, &v) ? EINVAL : 0;
 		if (!status)
 			clr_hugepage = v;
 	} else if (!strcmp(line, "sysfs")) {
@@ -1446,6 +1512,10 @@ static int serve(int guest)
 	sigemptyset(&chld);
 	sigaddset(&chld, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &chld, &old);
+	serve_waitmask = old;
+	sigdelset(&serve_waitmask, SIGCHLD);
+	struct sigaction sa = {.sa_handler = on_sigchld};
+	sigaction(SIGCHLD, &sa, NULL);
 	pattern_open(); /* shared by the children; without it each makes its own */
 	pid_t keeper = serve_keeper();
 	int rc = 0;
@@ -1487,6 +1557,8 @@ static int serve(int guest)
 			write_all(2, "executor: --serve: fork failed\n", 31);
 		char m[32];
 		int status = pid < 0 ? 1 : serve_wait(pid, secs);
+		if (status == SERVE_HANGUP)
+			break;
 		int k = status < 0 ? snprintf(m, sizeof(m), "end timeout\n")
 				   : snprintf(m, sizeof(m), "end %d\n", status);
 		write_all(1, m, k);
@@ -1512,12 +1584,19 @@ int main(int argc, char **argv)
 	}
 	const char *env = getenv("VMAFLAGS_CLR_HUGEPAGE");
 	if (env && *env) {
-		int64_t v;
-		if (parse_int(env, &v) || v < INT_MIN || v > INT_MAX) {
+		int v;
+		if (parse_c_int(env, &v)) {
 			write_all(2, "executor: bad VMAFLAGS_CLR_HUGEPAGE\n", 36);
 			return 2;
 		}
 		clr_hugepage = v;
+	}
+	if (argc == 3 && !strcmp(argv[1], "--check")) { /* parse only: exit 0, or 2 and why */
+		script_arg = argv[2];
+		if (read_script(script_arg))
+			cannot_read();
+		parse_script(script_text, script_len);
+		return 0;
 	}
 	if (argc == 2 && !strcmp(argv[1], "--serve"))
 		return serve(0);
@@ -1539,12 +1618,7 @@ int main(int argc, char **argv)
 	if (argc - i != 1)
 		usage();
 	script_arg = argv[i];
-	if (read_script(script_arg)) {
-		char m[512];
-		int n = snprintf(m, sizeof(m), "executor: cannot read %s: %s\n", script_arg,
-				 strerror(errno));
-		write_all(2, m, n);
-		return 2;
-	}
+	if (read_script(script_arg))
+		cannot_read();
 	return run_script(resume);
 }

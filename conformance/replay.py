@@ -34,20 +34,20 @@ class Usage(ValueError):
 
 def split(text: str) -> list[tuple[str, str]]:
     """(process, script text) per `#! process:` section; the whole text is one process
-    (`process`) when it has none."""
-    head: list[str] = []
-    parts: list[tuple[str, list[str]]] = []
-    for line in text.splitlines(keepends=True):
-        if line.startswith("#! process:"):
-            parts.append((line.split(":", 1)[1].strip() or f"process {len(parts) + 1}", []))
-        elif parts:
-            parts[-1][1].append(line)
-        else:
-            head.append(line)
-    if not parts:
+    (`process`) when it has none.  A section's text keeps the file's line numbers (the other
+    sections' lines are blanked), so that an error names the line of the file."""
+    lines = text.split("\n")
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("#! process:")]
+    if not starts:
         return [("process", text)]
-    meta = [ln for ln in head if ln.startswith("#!")]
-    return [(name, "".join(meta + body)) for name, body in parts]
+    out = []
+    for k, at in enumerate(starts):
+        end = starts[k + 1] if k + 1 < len(starts) else len(lines)
+        name = lines[at].split(":", 1)[1].strip() or f"process {k + 1}"
+        kept = [ln if (i < starts[0] and ln.startswith("#!")) or at < i < end else ""
+                for i, ln in enumerate(lines)]
+        out.append((name, "\n".join(kept)))
+    return out
 
 
 def from_counterexample(name: str, steps: list[dict]) -> str:
@@ -161,16 +161,14 @@ def as_dict(r: Replayed) -> dict:
 def command(path: str, era_id: str | None, spec: str | None, json_out: bool) -> int:
     try:
         raw = sys.stdin.buffer.read() if path == "-" else pathlib.Path(path).read_bytes()
-        text = raw.decode()
+        # bytes that are not UTF-8 stand for themselves, as the executor reads them (SCRIPT.md)
+        text = raw.decode("utf-8", "surrogateescape")
         era = era_by_id(era_id) if era_id else None
         if spec is not None:
             from .vm import kernels
             kernels.resolve_name(spec)
     except OSError as e:
         print(f"vmaflags: {path}: {e.strerror}", file=sys.stderr)
-        return 2
-    except UnicodeDecodeError as e:
-        print(f"vmaflags: {path}: not UTF-8 text (byte {e.start})", file=sys.stderr)
         return 2
     except ValueError as e:
         print(f"vmaflags: {e}", file=sys.stderr)

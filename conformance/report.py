@@ -116,7 +116,8 @@ def to_ktap(run: Run) -> str:
     if run.random is not None:
         rr = run.random
         diag = [(f"# seed {rr.seed}: {rr.examples} sequences ({rr.machine_examples} with sysfs/"
-                 f"khugepaged steps, {rr.inconclusive} inconclusive), {rr.transitions} "
+                 f"khugepaged steps, {rr.inconclusive} inconclusive){_shrunk(rr)}, "
+                 f"{rr.transitions} "
                  f"transitions, sysfs {', '.join(rr.modes)}, {rr.per_second:.0f} transitions/s")]
         for d in rr.divergences:
             diag += _diag("minimal divergent script:\n" + d["script"] + _side(d))
@@ -173,7 +174,8 @@ def print_rich(run: Run, console: Console) -> None:
     rr = run.random
     if rr is not None:
         console.print(f"random: seed {rr.seed}, {rr.examples} sequences ({rr.machine_examples} "
-                      f"with sysfs/khugepaged steps, {rr.inconclusive} inconclusive), "
+                      f"with sysfs/khugepaged steps, {rr.inconclusive} inconclusive)"
+                      f"{_shrunk(rr)}, "
                       f"{rr.transitions} transitions in {rr.seconds:.1f} s "
                       f"({rr.per_second:,.0f}/s), sysfs {', '.join(rr.modes)}: "
                       + ("[green]no divergence[/]" if not (rr.divergences or rr.errors)
@@ -190,3 +192,8 @@ def print_rich(run: Run, console: Console) -> None:
         console.print(f"random: skipped ({run.random_skip})")
     console.print(f"{run.transitions} transitions checked in {run.seconds:.1f} s: "
                   + ("[green]OK[/]" if run.ok else "[red]DIVERGES[/]"))
+
+
+def _shrunk(rr: RandomResult) -> str:
+    """The scripts run beyond the N drawn ones, to confirm and shrink divergences."""
+    return f" + {rr.shrink_examples} re-run or shrunk" if rr.shrink_examples else ""

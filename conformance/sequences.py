@@ -9,13 +9,16 @@ live sysfs mode is used).  Shards of one sysfs mode run concurrently in worker p
 mode after the other (the mode is global to the machine).  With the sysfs guard (root), the
 last MACHINE_SHARE percent are shorter scripts that also switch `sysfs` and wait for
 `khugepaged` (tuned fast), run one at a time in this process.  A divergence counts only if it
-reproduces when the script is run again; one that does not is reported as flaky.  A khugepaged
+reproduces when the script is run again; one that does not is reported as flaky.  Each shard
+checks exactly its share of the examples (a divergence ends it early); the re-runs and the
+shrinking are counted apart.  A khugepaged
 wait that times out (khugepaged stopped, e.g. under `never`) leaves that script inconclusive.
 """
 from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import gc
 import json
 import os
@@ -58,7 +61,8 @@ class Shard:
 @dataclass
 class ShardResult:
     shard: Shard
-    examples: int = 0  # scripts checked, shrinking included
+    examples: int = 0  # drawn scripts checked: shard.examples, unless a divergence ends it
+    shrink_examples: int = 0  # scripts run to confirm and shrink a divergence
     transitions: int = 0
     divergence: dict | None = None  # Divergence.as_dict() of the minimal script
     flaky: list[str] = field(default_factory=list)  # scripts that diverged once only
@@ -71,6 +75,7 @@ class ShardResult:
 class RandomResult:
     seed: int
     examples: int = 0
+    shrink_examples: int = 0
     transitions: int = 0
     divergences: list[dict] = field(default_factory=list)
     flaky: list[str] = field(default_factory=list)
@@ -85,7 +90,8 @@ class RandomResult:
         return self.transitions / self.seconds if self.seconds else 0.0
 
     def as_dict(self) -> dict:
-        return {"seed": self.seed, "examples": self.examples, "transitions": self.transitions,
+        return {"seed": self.seed, "examples": self.examples,
+                "shrink_examples": self.shrink_examples, "transitions": self.transitions,
                 "divergences": self.divergences, "flaky": self.flaky, "errors": self.errors,
                 "inconclusive": self.inconclusive, "machine_examples": self.machine_examples,
                 "modes": self.modes, "seconds": round(self.seconds, 3),
@@ -142,11 +148,18 @@ def run_shard(era: Era, shard: Shard, guard: sysfs.SysfsGuard | None = None) -> 
 
     def diverging(batch: list[Script]) -> list[Script]:
         """The scripts of the batch that diverge, twice in a row.  Empty scripts (all of the
-        first example hypothesis draws, and shrunk ones) are not run and not counted."""
+        first example hypothesis draws, and shrunk ones) are not run and not counted.  Until
+        the first divergence only the shard's quota is checked; after it, hypothesis shrinks,
+        and those scripts count apart."""
+        nonlocal shrinking
         batch = [s for s in batch if s.steps]
+        if shrinking:
+            res.shrink_examples += len(batch)
+        else:
+            batch = batch[:shard.examples - res.examples]
+            res.examples += len(batch)
         bad = []
         for script, c in zip(batch, check(batch)):
-            res.examples += 1
             res.transitions += c.transitions
             if c.divergence is None:
                 continue
@@ -154,14 +167,17 @@ def run_shard(era: Era, shard: Shard, guard: sysfs.SysfsGuard | None = None) -> 
                 res.inconclusive += 1
                 continue
             again = check([script])[0]
+            res.shrink_examples += 1
             res.transitions += again.transitions
             if again.divergence is None:
                 res.flaky.append(f"{script.text()}# diverged once at step {c.divergence.step}, "
                                  f"not on re-run\n")
             else:
                 bad.append(script)
+        shrinking = shrinking or bool(bad)
         return bad
 
+    shrinking = False  # once a divergence is found
     keep: contextlib.AbstractContextManager = contextlib.nullcontext()
     if shard.machine:  # a registered mm throughout, whatever mode the scripts switch to
         guard.set(enabled="always")  # type: ignore[union-attr]
@@ -175,25 +191,31 @@ def run_shard(era: Era, shard: Shard, guard: sysfs.SysfsGuard | None = None) -> 
 
 
 def _find(res: ShardResult, shard: Shard, check: Callable, diverging: Callable) -> None:
-    """Draw the shard's scripts; shrink the first divergence and record it in `res`."""
+    """Draw the shard's scripts until shard.examples are checked (diverging() keeps count);
+    shrink the first divergence and record it in `res`."""
     batch = 1 if shard.machine else BATCH
     scripts = (coded_scripts(shard.blocks, 8, 48, machine=True) if shard.machine
                else coded_scripts(shard.blocks))
-    # +1: hypothesis starts with its simplest example, all zero bytes: empty scripts
-    examples = -(-shard.examples // batch) + 1
-    try:
-        minimal = find(st.lists(scripts, min_size=batch, max_size=batch),
-                       lambda b: bool(diverging(b)),
-                       settings=settings(max_examples=examples, database=None,
-                                         deadline=None, verbosity=Verbosity.quiet,
-                                         phases=(Phase.generate, Phase.shrink),
-                                         suppress_health_check=list(HealthCheck)),
-                       random=random.Random(shard.seed))
-    except NoSuchExample:
-        minimal = None
-    except driver.ExecutorError as e:
-        res.error = f"shard {shard.index}: {e}"
-        minimal = None
+    rnd = random.Random(shard.seed)
+    minimal = None
+    while res.examples < shard.examples and minimal is None and not res.error:
+        before = res.examples
+        # +1: hypothesis starts with its simplest example, all zero bytes: empty scripts.  A
+        # script drawn empty again leaves the quota short: another round draws the rest.
+        examples = -(-(shard.examples - res.examples) // batch) + 1
+        try:
+            minimal = find(st.lists(scripts, min_size=batch, max_size=batch),
+                           lambda b: bool(diverging(b)),
+                           settings=settings(max_examples=examples, database=None,
+                                             deadline=None, verbosity=Verbosity.quiet,
+                                             phases=(Phase.generate, Phase.shrink),
+                                             suppress_health_check=list(HealthCheck)),
+                           random=rnd)
+        except NoSuchExample:
+            if res.examples == before:
+                break  # nothing new to draw (cannot happen with byte strings)
+        except driver.ExecutorError as e:
+            res.error = f"shard {shard.index}: {e}"
     if minimal is not None:
         # shrinking empties the batch's other scripts; report the first that still diverges
         for script, c in zip(minimal, check(minimal)):
@@ -274,6 +296,7 @@ def run(era: Era, examples: int, seed: int, modes: list[str],
 def _add(out: RandomResult, r: ShardResult) -> None:
     out.inconclusive += r.inconclusive
     out.examples += r.examples
+    out.shrink_examples += r.shrink_examples
     out.transitions += r.transitions
     out.flaky += r.flaky
     if r.divergence is not None:
@@ -292,7 +315,8 @@ class Pool:
     DEPTH = 2  # shards queued per worker, so that none idles while this process runs one
 
     def __init__(self, n: int) -> None:
-        self.procs = [subprocess.Popen([sys.executable, "-m", "vmaflags.conformance.sequences"],
+        self.procs = [subprocess.Popen([sys.executable, "-m", "vmaflags.conformance.sequences",
+                                        str(os.getpid())],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                       for _ in range(n)]
 
@@ -353,9 +377,20 @@ def _result(d: dict) -> ShardResult:
     return ShardResult(**d)
 
 
+def _die_with(runner: int) -> None:
+    """SIGKILL when the runner dies (PR_SET_PDEATHSIG), also if it died before we asked: a
+    killed `vmaflags conform` must not leave a worker (and its executor server, whose output
+    then has no reader) running out its shard.  A write to a runner gone away ends us silently."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if os.getppid() != runner:
+        os._exit(1)
+
+
 @_rare_gc()
 def _worker() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides; it kills us if need be
+    _die_with(int(sys.argv[1]))
     for line in sys.stdin:
         job = json.loads(line)
         r = run_shard(era_at(job["era"], job["kernel"]), Shard(**job["shard"]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -98,8 +99,8 @@ def _try(exe: object, race: str, tries: int, seconds: float) -> tuple[int, int, 
 def command(tries: int, seconds: float, json_out: bool) -> int:
     """Exit 0 when every race agrees with the model, 1 when one contradicts it (or the control
     failed), 2 for bad arguments, 4 when nothing could run (SKIP)."""
-    if tries < 1 or seconds <= 0:
-        print("vmaflags: --tries must be >= 1 and --seconds > 0", file=sys.stderr)
+    if tries < 1 or not 0 < seconds < math.inf:  # nan too
+        print("vmaflags: --tries must be >= 1 and --seconds > 0 (finite)", file=sys.stderr)
         return 2
     why = host.no_thp() or host.no_executor()
     if why:

@@ -388,3 +388,33 @@ def _fault_trace(era: Era, seq: Sequence, micro: tuple[MicroStep, ...], il: Inte
     events = _interleaved(seq, micro, il, m, "fault", "prctl", lambda mi: f"{mi.name} 0 4K")
     return _render(era, events, E.val(m, st.sysfs), 1, setup, "prctl",
                    "THP installed after the prctl returned")
+
+
+# ---- the catalogue -------------------------------------------------------------------------------
+
+_TARGETS = {"criu-2017": ("def-flags", "mmf"), "criu-3.19": ("mmf", "mmf-except-advised"),
+            "criu-fixed": ("mmf", "mmf-except-advised", "mmf-clr"),
+            "clr-2017": ("def-flags-clr", "mmf-clr")}
+# (theorem, protocol or sequence, era) -> (expected verdict, reason)
+EXPECTED: dict[tuple[str, str | None, str], tuple[str, str]] = {
+    **{("collapse-respects-nh", p, e): (
+        "proved", "the install re-checks VMA, mm and PTEs under the write lock")
+       for p, eras in _TARGETS.items() for e in eras},
+    **{("collapse-race-if-madvise-read-locked", "vlastimil", e): (
+        "refuted", "madvise inside khugepaged's scan, no re-check after it")
+       for e in ("def-flags", "mmf", "mmf-except-advised", "mmf-clr")},
+    **{("collapse-race-if-madvise-read-locked", "clr-2017", e): (
+        "proved", "no anon_vma before MADV_NOHUGEPAGE: khugepaged skips the VMA")
+       for e in ("def-flags-clr", "mmf-clr")},
+    **{("fault-vs-prctl", None, e): (
+        "refuted", "6.4+ faults hold the VMA lock, which the prctl does not take")
+       for e in ("mmf", "mmf-except-advised", "mmf-clr")},
+}
+THEOREMS = {"collapse-respects-nh": collapse_respects_nh,
+            "collapse-race-if-madvise-read-locked": collapse_race_if_madvise_read_locked,
+            "fault-vs-prctl": fault_vs_prctl}
+
+
+def check(theorem: str, protocol: str | None, era: Era) -> Verdict:
+    f = THEOREMS[theorem]
+    return f(era) if protocol is None else f(era, protocol)

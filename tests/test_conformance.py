@@ -148,7 +148,7 @@ def test_replay(guard):
 def test_random_sequences_agree(guard):
     mode = sysfs.read("enabled")
     r = sequences.run(ERA, 100, 7, [mode], None, workers=1)
-    assert r.examples >= 100 and r.transitions > 1000
+    assert r.examples == 100 and r.transitions > 1000 and r.shrink_examples == 0
     assert not r.divergences and not r.errors, r.divergences
 
 
@@ -159,6 +159,7 @@ def test_random_sequences_shrink_a_divergence(guard):
     r = sequences.run_shard(ERAS["mmf"], sequences.Shard(0, 11, mode, 2, 50))
     d = r.divergence
     assert d is not None
+    assert 1 <= r.examples <= 50 and r.shrink_examples > 0  # the shard stops at a divergence
     script = parse_script(d["script"])
     assert 1 <= len(script.steps) <= 3
     assert driver.check(ERAS["mmf"], script, host.live_mode()).divergence is not None
@@ -244,19 +245,66 @@ def test_serve_rejects_malformed_framing(feed):
 
 @needs_kernel
 def test_serve_takes_its_khugepaged_keeper_along():
-    """The server forks a keeper (a registered mm of its own) and reaps it before it exits."""
+    """The server forks a keeper (a registered mm of its own), serves no script before the
+    keeper's MADV_HUGEPAGE, and reaps it before it exits."""
     p = subprocess.Popen([driver._executor(None), "--serve"], stdin=subprocess.PIPE,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    children = f"/proc/{p.pid}/task/{p.pid}/children"
-    for _ in range(200):
-        kids = open(children).read().split()
-        if kids:
-            break
-        time.sleep(0.01)
-    assert len(kids) == 1
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    body = b"arena 1\nprctl_get\n"
+    p.stdin.write(b"script %d 10\n" % len(body) + body)
+    p.stdin.flush()
+    assert p.stdout.readline().startswith(b"1 ret=0 ")
+    assert p.stdout.readline() == b"end 0\n"
+    kids = open(f"/proc/{p.pid}/task/{p.pid}/children").read().split()
+    assert len(kids) == 1  # the script's child is reaped; the keeper stays
     assert "hg" in open(f"/proc/{kids[0]}/smaps").read()  # MADV_HUGEPAGE on its 2 MiB
     p.communicate(b"nonsense\n", timeout=30)
     assert p.returncode == 2 and not os.path.exists(f"/proc/{kids[0]}")
+
+
+@needs_kernel
+def test_serve_ends_when_nobody_reads():
+    """The driver killed mid-script (its end of the output pipe closed): the server kills the
+    script, here inside a khugepaged wait, and its keeper, and exits at once."""
+    p = subprocess.Popen([driver._executor(None), "--serve"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    body = b"arena 1\nkhugepaged 20000\n"
+    p.stdin.write(b"script %d 60\n" % len(body) + body)
+    p.stdin.flush()
+    deadline = time.monotonic() + 10
+    while len(kids := open(f"/proc/{p.pid}/task/{p.pid}/children").read().split()) < 2:
+        assert time.monotonic() < deadline, "the script never started"
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    p.stdout.close()
+    p.wait(timeout=10)
+    assert time.monotonic() - t0 < 1
+    assert not [k for k in kids if os.path.exists(f"/proc/{k}")]
+
+
+@needs_kernel
+def test_killed_conform_leaves_no_process(tagged):
+    """SIGKILL of `vmaflags conform` in its random run: one second later none of its processes
+    (executor servers, their scripts and keepers, workers) is left, and none printed a
+    traceback (a worker writing to the dead runner)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "vmaflags")
+    p = subprocess.Popen([exe, "conform", "--scenario", "split-merge", "--examples", "100000",
+                          "--seed", "1"], env=tagged.env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while not any("vmaflags.conformance.sequences" in c for c in tagged.alive().values()):
+            assert p.poll() is None, p.stderr.read().decode()
+            assert time.monotonic() < deadline, "no random-testing worker started"
+            time.sleep(0.05)
+        time.sleep(1)  # shards under way in the runner and the worker
+        assert sum("--serve" in c for c in tagged.alive().values()) >= 2
+    finally:
+        p.kill()
+        p.wait()
+    time.sleep(1)
+    assert tagged.alive() == {}
+    os.set_blocking(p.stderr.fileno(), False)
+    assert b"Traceback" not in (p.stderr.read() or b"")
 
 
 @needs_kernel
@@ -291,6 +339,16 @@ def test_random_run_does_not_count_empty_scripts():
     run nor counted as checked sequences."""
     r = sequences.run_shard(ERA, sequences.Shard(0, 3, sysfs.read("enabled"), 1, 8))
     assert r.examples == 8 and r.transitions >= 8 and not r.error
+
+
+@needs_kernel
+@pytest.mark.parametrize("n", [1, 5, 9, 100])
+def test_examples_n_runs_n_sequences(n):
+    """--examples N checks exactly N sequences, whatever the shards and batches."""
+    p = _cli("conform", "--scenario", "split-merge", "--examples", str(n), "--seed", str(n),
+             "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["random"]["examples"] == n
 
 
 def test_shard_sizes_cover_the_examples_and_shorten_at_the_end():
@@ -333,7 +391,8 @@ def test_json_output_and_a_wrong_era_fails():
     (s,) = d["scenarios"]
     assert s["name"] == "prctl-errno-6.18" and s["status"] == "diverge" and s["steps"] == 18
     assert set(d["random"]) >= {"examples", "transitions", "divergences"}
-    assert d["random"]["divergences"] and d["random"]["examples"] >= 20
+    assert d["random"]["divergences"] and 1 <= d["random"]["examples"] <= 20
+    assert d["random"]["shrink_examples"] > 0  # the divergence confirmed and shrunk
     assert d["seconds"] > 0 and d["transitions_per_second"] > 0
 
 

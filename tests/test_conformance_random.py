@@ -22,7 +22,7 @@ def test_two_thousand_random_sequences():
         r = sequences.run(ERAS["mmf-except-advised"], EXAMPLES, 20251126, [live], None)
     print(f"{r.examples} sequences, {r.transitions} transitions, {r.per_second:.0f}/s, "
           f"modes {r.modes}, flaky {len(r.flaky)}")
-    assert r.examples >= EXAMPLES
+    assert r.examples == EXAMPLES
     assert not r.errors, r.errors
     assert not r.divergences, "\n\n".join(d["script"] + f"step {d['step']}:\n  model:  "
                                           f"{d['model']}\n  kernel: {d['kernel']}"

@@ -132,12 +132,13 @@ def test_live_sysfs_restored_after_signal(sig):
     ["--scenario", "clr-hugepage", "--examples", "300"],  # straight to the random run
 
 ])
-def test_conform_run_killed_midway_leaves_nothing_changed(sig, phase):
-    """Kill `vmaflags conform` while it has THP sysfs changed."""
+def test_conform_run_killed_midway_leaves_nothing_changed(sig, phase, tagged):
+    """Kill `vmaflags conform` while it has THP sysfs changed: a second later sysfs is back
+    and none of its processes is left (the guardian included)."""
     before = sysfs.snapshot()
     exe = os.path.join(os.path.dirname(sys.executable), "vmaflags")
     p = subprocess.Popen([exe, "conform", "--examples", "2000", *phase, "--seed", "1", "--json"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=tagged.env)
     deadline = time.monotonic() + 120
     try:
         while sysfs.snapshot() == before:
@@ -151,6 +152,8 @@ def test_conform_run_killed_midway_leaves_nothing_changed(sig, phase):
         if p.poll() is None:
             p.kill()
             p.wait()
+    time.sleep(1)
+    assert tagged.alive() == {}
     _wait_unlocked(sysfs.LOCK_PATH)
     assert changed != before
     assert sysfs.snapshot() == before

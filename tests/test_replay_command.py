@@ -21,11 +21,19 @@ touch 0 4K
 """
 
 
-def test_split_by_process_keeps_the_common_headers():
+def test_split_by_process_keeps_the_common_headers_and_the_line_numbers():
     parts = split(CEX)
     assert [n for n, _ in parts] == ["dump", "restore"]
     assert all(t.startswith("#! sysfs: live\n") for _, t in parts)
+    assert all(t.count("\n") == CEX.count("\n") for _, t in parts)
     assert split("arena 1\nmmap 0 2M\n") == [("process", "arena 1\nmmap 0 2M\n")]
+
+
+def test_an_error_names_the_line_of_the_file(tmp_path):
+    f = tmp_path / "cex.vmf"
+    f.write_text(CEX.replace("touch 0 4K", "touch 0 4X"))
+    r = CliRunner().invoke(app, ["replay", str(f)])
+    assert r.exit_code == 2 and "line 9" in r.output, r.output
 
 
 @pytest.mark.skipif(bool(why), reason=why or "")

@@ -53,7 +53,8 @@ def run(script: Path = typer.Argument(..., help="script file (conformance/SCRIPT
     if sysfs not in SYSFS_MODES:
         fail(f"unknown sysfs mode {sysfs!r}; valid: {', '.join(SYSFS_MODES)}")
     try:
-        text = sys.stdin.read() if str(script) == "-" else script.read_text()
+        # bytes: a script need not be UTF-8 (SCRIPT.md), as the executor reads it
+        text = sys.stdin.buffer.read() if str(script) == "-" else script.read_bytes()
         s = parse_script(text)
         outcomes = concrete.run(e, s, SYSFS_MODES.index(sysfs))
     except OSError as err:
@@ -74,6 +75,8 @@ def prove(theorem: Optional[List[str]] = typer.Option(None, "--theorem", help="t
     """Prove or refute the theorem catalogue, per era; non-zero if a verdict is unexpected."""
     from vmaflags.proofs.command import prove as run_prove
 
+    if json_out and ktap:
+        fail("choose one of --json and --ktap")
     raise typer.Exit(run_prove(theorem, eras_or_fail(era), json_out, ktap))
 
 
@@ -82,7 +85,9 @@ def conform(era: Optional[str] = typer.Option(None, help="era id (default: ident
             identify: bool = typer.Option(False, "--identify", help="only identify the era"),
             scenario: Optional[List[str]] = typer.Option(None, "--scenario", help="scenario name"),
             examples: Optional[int] = typer.Option(
-                None, help="random sequences to run (default 2000; 0 with --scenario)"),
+                None, help="random sequences to check, exactly (default 2000; 0 with "
+                "--scenario); a shard stops at its first divergence, and the scripts run to "
+                "shrink it are counted apart"),
             seed: Optional[int] = typer.Option(None, help="seed for the random sequences"),
             json_out: bool = typer.Option(False, "--json", help="JSON on stdout"),
             ktap: bool = typer.Option(False, "--ktap", help="KTAP on stdout")) -> None:
@@ -116,6 +121,51 @@ def stress(tries: int = typer.Option(500, help="tries per race (each in a fresh 
     from vmaflags.conformance.stress import command
 
     raise typer.Exit(command(tries, seconds, json_out))
+
+
+@app.command()
+def report(out: Path = typer.Option(..., "--out", help="directory for the report files"),
+           from_file: Optional[Path] = typer.Option(
+               None, "--from", help="render a results.json of an earlier report again"),
+           examples: int = typer.Option(200, help="random sequences per kernel"),
+           seed: int = typer.Option(20251130, help="seed for the random sequences"),
+           kernel: Optional[List[str]] = typer.Option(
+               None, "--kernel", help="test-VM kernels to include (vmaflags vm)"),
+           tries: int = typer.Option(300, help="tries per live race")) -> None:
+    """Write report.html, report.md and report.txt (and results.json) from live results."""
+    import json
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from vmaflags.report import collect, render
+
+    if examples < 0 or tries < 1:
+        fail("--examples must be >= 0 and --tries >= 1")
+    if from_file is not None:
+        try:
+            res = collect.load(from_file)
+        except (OSError, ValueError) as e:
+            fail(f"{from_file}: {getattr(e, 'strerror', None) or e}")
+    else:
+        if kernel:
+            from vmaflags.conformance.vm import kernels
+            try:
+                for k in kernel:
+                    kernels.resolve_name(k)
+            except ValueError as e:
+                fail(str(e))
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=Console(stderr=True), transient=True) as p:
+            task = p.add_task("collecting")
+            res = collect.collect(examples, seed, list(kernel or []), tries, 20.0,
+                                  lambda what: p.update(task, description=what))
+    try:
+        files = render.write(res, out)
+        (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    except OSError as e:
+        fail(f"{out}: {e.strerror}")
+    for f in files:
+        typer.echo(str(f))
 
 
 vm_app = typer.Typer(no_args_is_help=True,
@@ -179,4 +229,22 @@ def kernel_list() -> None:
 
 
 def main() -> None:
-    app()
+    """The `vmaflags` command.  A usage error (unknown option, bad value, missing argument) is
+    one line on stderr and exit 2, like every other bad input, rather than the framework's box;
+    its classes differ between typer versions (click's, or typer's copy), hence the duck typing."""
+    try:
+        code = app(standalone_mode=False)
+    except Exception as e:
+        if not (hasattr(e, "format_message") and getattr(e, "exit_code", None) == 2):
+            if type(e).__name__ == "Abort":  # end of input at a prompt
+                sys.exit(1)
+            raise
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `vmaflags` or `vmaflags vm`
+            e.show()  # type: ignore[attr-defined]
+            sys.exit(2)
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "vmaflags"
+        msg = " ".join(e.format_message().split())  # type: ignore[attr-defined]
+        typer.echo(f"{where}: {msg} (see {where} --help)", err=True)
+        code = 2
+    sys.exit(code if isinstance(code, int) else 0)
