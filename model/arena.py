@@ -61,8 +61,11 @@ def khugepaged_eligible(B: Any, era: Any, c: Cell, v: View, mm: Mm, sysfs: Any) 
                                    B.not_(c.av == 0), v.fits)
 
 
-def remerge(B: Any, era: Any, cs: list[Cell], mod: list[Any]) -> list[Cell]:
-    """Re-evaluate VMA boundaries after a range operation changed the cells marked `mod`.
+def remerge(B: Any, era: Any, cs: list[Cell], mod: list[Any], op: str = "modify"
+            ) -> list[Cell]:
+    """Re-evaluate VMA boundaries after a range operation changed the cells marked `mod`:
+    `op` is "modify" (madvise), "uffd" (UFFDIO_(UN)REGISTER, closing the userfaultfd) or "new"
+    (mmap: the changed cells are the new VMA).
 
     A boundary with a changed VMA on either side goes iff the two sides are mergeable
     (vma_merge_existing_range / vma_merge_new_range, mm/vma.c 6.12, which try prev, then next);
@@ -70,9 +73,27 @@ def remerge(B: Any, era: Any, cs: list[Cell], mod: list[Any]) -> list[Cell]:
     right one if both changed: the walk goes left to right, so the left one was done first).
     Scanning left to right with the anon_vma of the VMA built so far reproduces the kernel's
     choice when prev and next are not compatible with each other: the changed VMA joins prev.
-    The merged VMA takes the one anon_vma it contains, if any.
+    The merged VMA takes the one anon_vma it contains, if any.  Two era features change this:
+    before 6.12 (`mmap_merge_prev_first`) a new VMA that merges into next meets prev with next's
+    anon_vma; before 6.4 (`uffd_merge_pgoff`) a uffd piece that starts inside its VMA does not
+    merge into next.
     """
     n = len(cs)
+    # the anon_vma a new VMA takes from next, if it merges into next (6.1 mmap_region "Check
+    # next"), for each of its cells; 0 otherwise
+    from_next: list[Any] = [0] * n
+    if op == "new" and not era.mmap_merge_prev_first:
+        for i in reversed(range(n - 1)):
+            c, d = cs[i], cs[i + 1]
+            into_next = B.and_(mod[i], B.not_(mod[i + 1]), d.mapped,
+                               rules.is_mergeable_vma(B, era, c.flags, d.flags, c.av, d.av))
+            from_next[i] = B.ite(mod[i + 1], from_next[i + 1], B.ite(into_next, d.av, 0))
+    # 6.1 UFFDIO_(UN)REGISTER: the changed piece this cell belongs to starts inside its VMA
+    inside: list[Any] = [B.F] * n
+    if op == "uffd" and not era.uffd_merge_pgoff:
+        for i in range(1, n):
+            was = B.and_(cs[i].mapped, cs[i - 1].mapped, B.not_(cs[i].brk))
+            inside[i] = B.and_(was, B.ite(mod[i - 1], inside[i - 1], B.T))
     out: list[Cell] = []
     run = [0] * n
     for i, c in enumerate(cs):
@@ -86,10 +107,12 @@ def remerge(B: Any, era: Any, cs: list[Cell], mod: list[Any]) -> list[Cell]:
                 # the right VMA changed: it merges into prev (the run so far); else the left
                 # one changed and merges into next, and if it already took prev, prev and next
                 # must be compatible too (vma_merge_existing_range's merge_both)
+                moving = B.ite(mod[i - 1], c.av, B.ite(from_next[i] == 0, c.av, from_next[i]))
                 joins = B.ite(mod[i],
-                              rules.is_mergeable_vma(B, era, p.flags, c.flags, c.av, run[i - 1]),
+                              rules.is_mergeable_vma(B, era, p.flags, c.flags, moving, run[i - 1]),
                               B.and_(rules.is_mergeable_vma(B, era, p.flags, c.flags, p.av, c.av),
-                                     rules.are_anon_vmas_compatible(B, run[i - 1], c.av)))
+                                     rules.are_anon_vmas_compatible(B, run[i - 1], c.av),
+                                     B.not_(inside[i - 1])))
                 kept = B.ite(touched, joins, kept)
             same = B.and_(c.mapped, p.mapped, kept)
         run[i] = B.ite(same, B.ite(run[i - 1] == 0, c.av, run[i - 1]), c.av) if i else c.av
@@ -100,6 +123,27 @@ def remerge(B: Any, era: Any, cs: list[Cell], mod: list[Any]) -> list[Cell]:
         cont = B.and_(out[i + 1].mapped, B.not_(out[i + 1].brk))
         final[i] = B.ite(cont, final[i + 1], run[i])
     return [B.put(c, av=final[i]) for i, c in enumerate(out)]
+
+
+def merges(B: Any, old: list[Cell], new: list[Cell], mod: list[Any], new_range: bool = False
+           ) -> list[Any]:
+    """Per cell: a merge joined it to the cell before it -- one VMA now, though before the
+    operation they were not one piece of one VMA (the changed cells of a VMA form one piece;
+    with `new_range`, mmap's, all changed cells form the new VMA).  remerge() only drops
+    boundaries next to a changed cell, so a merge always involves one.  Each is a successful
+    vma_merge() / vma_merge_*_range(), which calls khugepaged_enter_vma() on the merged VMA;
+    later merges in the same walk only grow that VMA, so the final one decides."""
+    out = [B.F]
+    for k in range(1, len(new)):
+        touched = B.or_(mod[k - 1], mod[k])
+        if B.is_false(touched):
+            out.append(B.F)
+            continue
+        now = B.and_(new[k].mapped, new[k - 1].mapped, B.not_(new[k].brk))
+        was = B.and_(old[k].mapped, old[k - 1].mapped, B.not_(old[k].brk))
+        piece = B.and_(mod[k - 1], mod[k], B.T if new_range else was)
+        out.append(B.and_(touched, now, B.not_(piece)))
+    return out
 
 
 def regroup(B: Any, st: State, cs: list[Cell], thp: list[Any], ptable: list[Any]) -> State:

@@ -50,11 +50,33 @@ class Era:
     # < 6.18: khugepaged and MADV_COLLAPSE need a writable PTE in the PMD (SCAN_PAGE_RO); removed
     # by "mm: Enable khugepaged to operate on non-writable VMAs" (Sept 2025).
     collapse_needs_writable: bool = True
-    # MADV_HUGEPAGE puts the mm on khugepaged's list even when the VMA already had hg: 4.x
-    # (khugepaged_enter_vma_merge) and 6.1 (khugepaged_enter_vma) call it from hugepage_madvise()
-    # before the "flags unchanged" return; Debian's 6.12 only after a change (madvise_update_vma);
-    # 6.18 again on every call (seen on the 6.18 host, conformance/DIVERGENCES.md 1).  The
-    # releases where it moved are not pinned.
+    # >= 6.4 (5543d3c43c41 "mm/uffd: allow vma to merge as much as possible"):
+    # userfaultfd_register()/_unregister() give vma_merge() the pgoff of the range's start.
+    # Before (Debian 6.1.192 fs/userfaultfd.c, lines 1473 and 1668, not backported), they pass
+    # vma->vm_pgoff, so a piece that starts inside its VMA never merges with the next VMA
+    # (can_vma_merge_before's pgoff check).  userfaultfd_release() was always right.
+    uffd_merge_pgoff: bool = True
+    # >= 6.9 (Lokesh Gidra, "userfaultfd: use per-vma locks in userfaultfd operations"):
+    # UFFDIO_COPY finds the VMA at dst with uffd_mfill_lock() -> find_vma_and_prepare_anon(),
+    # which prepares its anon_vma before validate_dst_vma() can refuse the range (ENOENT).
+    # Before (Debian 6.1.192 mm/userfaultfd.c __mcopy_atomic), find_dst_vma() refuses first and
+    # anon_vma_prepare() runs only for a valid range: a failed copy leaves no anon_vma.
+    uffd_copy_prepares_anon_first: bool = True
+    # >= 6.12 (cacded5e42b9 "mm: avoid using vma_merge() for new VMAs"): vma_merge_new_range()
+    # tries prev, then next, and merges both when prev's and next's anon_vmas are compatible.
+    # Before (Debian 6.1.192 mm/mmap.c mmap_region(), unchanged through 6.11), "Check next"
+    # comes first, and prev is then checked with next's anon_vma as the moving one
+    # (can_vma_merge_after(prev, ..., vma->anon_vma)): prev without an anon_vma, or with
+    # another one, does not merge, and the new VMA expands next alone.
+    mmap_merge_prev_first: bool = True
+    # MADV_HUGEPAGE: where khugepaged_enter_vma() is called (rules.khugepaged_enter_vma).
+    # True: hugepage_madvise() calls it before madvise_update_vma(), on the VMA before the
+    # split and also when the flags do not change -- 4.x (khugepaged_enter_vma_merge), Debian
+    # 6.1.192, the mm tree of Jan 2025 (6.14 cycle: "@@ -383,6 +376,21 @@ int
+    # hugepage_madvise" context of a posted patch), Sept 2025 (BPF-THP review) and 6.18 (this
+    # host: scenarios khugepaged-madvise-again, khugepaged-madvise-subrange).  False: Debian
+    # 6.12.117 calls it from madvise_update_vma() on the piece, after an actual change.  Other
+    # 6.2-6.13 releases are not checked; only 6.12 is set False.
     hugepage_madvise_registers: bool = True
     # >= 6.4 (0bff0aaea03e "x86/mm: try VMA lock-based page fault handling first"): anonymous
     # faults hold the VMA's own lock (lock_vma_under_rcu), not the mmap_lock; before, the mmap
@@ -80,7 +102,10 @@ class Era:
             thp_enabled_status=v >= (5, 0),
             anon_merge_into_unfaulted=v >= (6, 16),
             collapse_needs_writable=v < (6, 18),
-            hugepage_madvise_registers=not (6, 12) <= v < (6, 18),
+            hugepage_madvise_registers=v != (6, 12),
+            uffd_merge_pgoff=v >= (6, 4),
+            uffd_copy_prepares_anon_first=v >= (6, 9),
+            mmap_merge_prev_first=v >= (6, 12),
             per_vma_lock_faults=v >= (6, 4),
             collapse_revalidate_read=v >= (4, 8),
         )

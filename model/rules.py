@@ -173,6 +173,37 @@ def thp_vma_allowable(B: Any, era: Era, user: str, f: Flags, mm: Mm, sysfs: Any,
     )
 
 
+# --- khugepaged registration (mm/khugepaged.c) --------------------------------------------------
+
+def khugepaged_enter_vma(B: Any, era: Era, f: Flags, mm: Mm, sysfs: Any, anon_vma: Any,
+                         pmd_fits: Any) -> Any:
+    """khugepaged_enter_vma(vma, vm_flags): does this call put the mm on khugepaged's list
+    (set MMF_VM_HUGEPAGE)?  Only if khugepaged could scan the VMA as it is at the call, with
+    `vm_flags` (the new flags, not yet stored in some callers): hugepage_flags_enabled() /
+    6.11+ hugepage_pmd_enabled() (sysfs not never), then thp_vma_allowable(KHUGEPAGED) -- an
+    anon_vma and a whole aligned PMD inside the VMA (6.1 hugepage_vma_check(vma, vm_flags,
+    false, false, true); 6.12 thp_vma_allowable_order(TVA_ENFORCE_SYSFS); 6.18 TVA_KHUGEPAGED;
+    4.x khugepaged_enter_vma_merge() + khugepaged_enter()).  The bit is never cleared while the
+    mm lives (collect_mm_slot frees the slot only at exit), so registration is monotonic.
+
+    The call sites are step.py's (6.1 = Debian 6.1.192, 6.12 = Debian 6.12.117, 6.18 = this
+    host's kernel, checked by conformance/scenarios/khugepaged-*.vmf):
+    - a fault that takes the huge-PMD path, before userfaultfd can turn it into SIGBUS:
+      do_huge_pmd_anonymous_page() (mm/huge_memory.c, all eras) -> step.touch;
+    - every successful VMA merge, on the merged VMA: vma_merge() (6.1 mm/mmap.c), 6.12+
+      vma_merge_existing_range() and vma_merge_new_range() (mm/vma.c), and 6.1 mmap_region()'s
+      vma_expand() -> step.mmap, step.madvise, step._relayout (UFFDIO_(UN)REGISTER, close);
+    - a new VMA in mmap_region() / __mmap_region() (6.1+): never registers here, a fresh
+      anonymous VMA has no anon_vma -> step.mmap;
+    - MADV_HUGEPAGE, Era.hugepage_madvise_registers: hugepage_madvise() (4.x, 6.1, 6.18) on
+      the VMA before madvise_update_vma() splits it, or (Debian 6.12) madvise_update_vma() on
+      the piece after a change -> step.madvise;
+    - khugepaged_fork() (include/linux/khugepaged.h): the child is registered iff the parent
+      is -> mm_init.
+    Not modelled: brk, stack expansion and mremap/mprotect merges (no such steps)."""
+    return thp_vma_allowable(B, era, KHUGEPAGED, f, mm, sysfs, anon_vma, pmd_fits)
+
+
 # --- userfaultfd (fs/userfaultfd.c) -------------------------------------------------------------
 
 def userfaultfd_register(B: Any, f: Flags, missing: bool, wp: bool) -> Flags:
@@ -250,14 +281,22 @@ def collapse_pmd(B: Any, era: Era, khugepaged: bool, armed: Any, thp: Any, ptabl
 # --- faults and UFFDIO_COPY (mm/memory.c, mm/userfaultfd.c) -------------------------------------
 
 @memo_concrete
+def huge_pmd_path(B: Any, era: Era, f: Flags, mm: Mm, sysfs: Any, pmd_none: Any,
+                  pmd_in_vma: Any) -> Any:
+    """Does a write fault on a not-present page get into do_huge_pmd_anonymous_page() past its
+    first check?  __handle_mm_fault(): pmd_none() and thp_vma_allowable_order(TVA_PAGEFAULT);
+    do_huge_pmd_anonymous_page(): the aligned PMD inside the VMA (thp_vma_suitable_order),
+    then vmf_anon_prepare() and khugepaged_enter_vma() -- whatever userfaultfd says next."""
+    return B.and_(pmd_none, pmd_in_vma,
+                  thp_vma_allowable(B, era, PAGEFAULT, f, mm, sysfs, B.T, B.T))
+
+
 def fault_huge_pmd(B: Any, era: Era, f: Flags, mm: Mm, sysfs: Any, pmd_none: Any,
                    pmd_in_vma: Any) -> Any:
-    """Does a write fault on a not-present page allocate a PMD THP?  __handle_mm_fault():
-    pmd_none() and thp_vma_allowable_order(TVA_PAGEFAULT); do_huge_pmd_anonymous_page():
-    the aligned PMD inside the VMA (thp_vma_suitable_order); a VM_UFFD_MISSING VMA hands the
-    fault to userspace instead (__do_huge_pmd_anonymous_page -> handle_userfault)."""
-    return B.and_(pmd_none, pmd_in_vma, B.not_(f.um),
-                  thp_vma_allowable(B, era, PAGEFAULT, f, mm, sysfs, B.T, B.T))
+    """Does a write fault on a not-present page allocate a PMD THP?  The huge path
+    (huge_pmd_path), unless a VM_UFFD_MISSING VMA hands the fault to userspace there
+    (__do_huge_pmd_anonymous_page -> handle_userfault)."""
+    return B.and_(B.not_(f.um), huge_pmd_path(B, era, f, mm, sysfs, pmd_none, pmd_in_vma))
 
 
 @memo_concrete

@@ -13,9 +13,9 @@ from . import arena, rules
 from .eras import Era
 from .errno import EINVAL, ENOMEM, EAGAIN, SIGBUS, SIGSEGV
 from .state import Block, Cell, State, cells, hole
-from .syscalls import (MADV_COLLAPSE, PMD_PAGES, Execve, Fork, Khugepaged, Madvise, Mmap, Munmap,
-                       PrctlGet, PrctlSet, Syscall, Sysfs, Touch, UffdClose, UffdCopy,
-                       UffdRegister, UffdUnregister)
+from .syscalls import (MADV_COLLAPSE, MADV_HUGEPAGE, PMD_PAGES, Execve, Fork, Khugepaged,
+                       Madvise, Mmap, Munmap, PrctlGet, PrctlSet, Syscall, Sysfs, Touch,
+                       UffdClose, UffdCopy, UffdRegister, UffdUnregister)
 
 
 def _in(B: Any, c: Cell, a: Any, b: Any) -> Any:
@@ -34,16 +34,44 @@ def _first_error(B: Any, errs: list[Any]) -> Any:
     return out
 
 
-def _register(B: Any, era: Era, st: State, cs: list[Cell], which: list[Any]) -> Any:
-    """MMF_VM_HUGEPAGE after khugepaged_enter_vma() on the VMAs of the cells in `which`
-    (called on mmap/merge, MADV_HUGEPAGE and THP faults, 6.12): registered if khugepaged may
-    scan such a VMA.  An approximation: the call sites are not told apart."""
-    if all(B.is_false(w) for w in which):
-        return st.mm.registered
+def _enter(B: Any, era: Era, st: State, cs: list[Cell], which: list[Any],
+           flags: list[Any] | None = None) -> list[Any]:
+    """khugepaged_enter_vma() (rules.khugepaged_enter_vma, which lists the call sites) on the
+    VMA of each cell marked in `which`, as the cells `cs` lay it out, with `flags` per cell
+    (default: the cell's own): one term per call that may register the mm."""
+    if B.is_true(st.mm.registered):
+        return []  # the bit is never cleared: nothing left to decide
+    calls = []
+    for i, (c, w) in enumerate(zip(cs, which)):
+        if B.is_false(w):
+            continue
+        f = c.flags if flags is None else flags[i]
+        # the VMA's extent matters only if the rest allows (the answer is monotonic in it)
+        if not B.is_false(rules.khugepaged_enter_vma(B, era, f, st.mm, st.sysfs,
+                                                      B.not_(c.av == 0), B.T)):
+            calls.append((i, c, w, f))
+    if not calls:
+        return []
     views = arena.vma_views(B, cs)
-    return B.or_(st.mm.registered, *(
-        B.and_(w, arena.khugepaged_eligible(B, era, c, v, st.mm, st.sysfs))
-        for c, v, w in zip(cs, views, which) if not B.is_false(w)))
+    return [B.and_(w, rules.khugepaged_enter_vma(B, era, f, st.mm, st.sysfs, B.not_(c.av == 0),
+                                                  views[i].fits))
+            for i, c, w, f in calls]
+
+
+def _enter_merges(B: Any, era: Era, st: State, old: list[Cell], new: list[Cell], mod: list[Any]
+                  ) -> list[Any]:
+    """khugepaged_enter_vma() on every VMA that a merge of the operation produced (vma_merge(),
+    vma_merge_existing_range(): arena.merges)."""
+    if B.is_true(st.mm.registered):
+        return []
+    return _enter(B, era, st, new, arena.merges(B, old, new, mod))
+
+
+def _registered(B: Any, st: State, entered: list[Any]) -> State:
+    """`st` with MMF_VM_HUGEPAGE set by any of the `entered` calls (it is never cleared)."""
+    if not entered:
+        return st
+    return B.put(st, mm=B.put(st.mm, registered=B.or_(st.mm.registered, *entered)))
 
 
 def _unmap_pmds(B: Any, st: State, a: Any, b: Any) -> tuple[list[Any], list[Any]]:
@@ -69,9 +97,11 @@ def mmap(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
     mod = [_in(B, c, a, b) for c in old]
     cs = [B.select(m, Cell(c.start, c.end, B.T, B.F, f.hg, f.nh, f.um, f.uw, 0, B.F), c)
           for c, m in zip(old, mod)]
-    cs = arena.remerge(B, era, cs, mod)
+    cs = arena.remerge(B, era, cs, mod, "new")
     st2 = arena.regroup(B, st, cs, thp, ptable)
-    return 0, B.put(st2, mm=B.put(st2.mm, registered=_register(B, era, st2, cs, mod)))
+    # khugepaged_enter_vma() on the expanded VMA (6.1 mmap_region() after vma_expand(), 6.12+
+    # vma_merge_new_range()), else on the new one, which has no anon_vma and so never registers
+    return 0, _registered(B, st2, _enter(B, era, st2, cs, mod))
 
 
 def munmap(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
@@ -91,7 +121,7 @@ def madvise(B: Any, era: Era, st: State, a: Any, b: Any, advice: int) -> tuple[A
     if advice == MADV_COLLAPSE:
         return madvise_collapse(B, era, st, a, b)
     old = cells(st)
-    cs, mod, advised, errs = [], [], [], []
+    cs, mod, advised, errs, flags = [], [], [], [], []
     stopped = B.F
     for c in old:
         inr = B.and_(_in(B, c, a, b), c.mapped, B.not_(stopped))
@@ -100,6 +130,7 @@ def madvise(B: Any, era: Era, st: State, a: Any, b: Any, advice: int) -> tuple[A
             mod.append(B.F)
             advised.append(B.F)
             errs.append(0)
+            flags.append(c.flags)
             continue
         f, err = rules.hugepage_madvise(B, era, c.flags, advice)
         bad = B.not_(err == 0)
@@ -109,16 +140,23 @@ def madvise(B: Any, era: Era, st: State, a: Any, b: Any, advice: int) -> tuple[A
         new = B.put(c, hg=B.ite(apply, f.hg, c.hg), nh=B.ite(apply, f.nh, c.nh))
         mod.append(B.and_(apply, B.or_(B.not_(new.hg == c.hg), B.not_(new.nh == c.nh))))
         advised.append(apply)
+        flags.append(f)
         cs.append(new)
     holes = B.or_(*(B.and_(_in(B, c, a, b), B.not_(c.mapped)) for c in old))
     ret = B.ite(stopped, _first_error(B, errs), B.ite(holes, -ENOMEM, 0))
     cs = arena.remerge(B, era, cs, mod)
     st2 = arena.split_thps(B, arena.regroup(B, st, cs, [bl.thp for bl in st.blocks],
                                             [bl.ptable for bl in st.blocks]))
-    # khugepaged_enter_vma() for VM_HUGEPAGE: after a change, or on every MADV_HUGEPAGE
-    entered = advised if era.hugepage_madvise_registers else mod
-    hg_set = [B.and_(m, c.hg) for m, c in zip(entered, cs)]
-    return ret, B.put(st2, mm=B.put(st2.mm, registered=_register(B, era, st2, cs, hg_set)))
+    entered = _enter_merges(B, era, st2, old, cs, mod)
+    if advice == MADV_HUGEPAGE:
+        if era.hugepage_madvise_registers:
+            # hugepage_madvise(), before madvise_update_vma(): on every advised VMA as it was
+            # before the split, with the new flags -- also when they did not change
+            entered += _enter(B, era, st, old, advised, flags)
+        else:
+            # Debian 6.12 madvise_update_vma(): on the piece, after an actual change
+            entered += _enter(B, era, st2, cs, mod)
+    return ret, _registered(B, st2, entered)
 
 
 def madvise_collapse(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
@@ -194,24 +232,25 @@ def touch(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
         bus.append(B.and_(stop, c.mapped))
         stopped = B.or_(stopped, stop)
     ret = _first_error(B, rets)
-    thp_fault, thp, ptable = [], [], []
+    thp_fault, thp, ptable, huge_path = [], [], [], []
     for k, blk in enumerate(st.blocks):
         c0 = blk.cells[0]
         mine = range(first[k], first[k] + len(blk.cells))
         touched = B.or_(*(eff[i] for i in mine))
+        sigbus = B.or_(*(bus[i] for i in mine))
         # the first write into the block finds pmd_none(): no THP and no PTE table yet
         pmd_none = B.and_(B.not_(blk.thp), B.not_(blk.ptable))
         one = arena.in_one_vma(B, blk.cells)
-        huge = rules.fault_huge_pmd(B, era, c0.flags, st.mm, st.sysfs, pmd_none, one)
-        hf = B.and_(touched, huge)
+        # the huge path registers the mm (khugepaged_enter_vma) before it allocates the THP
+        # or, in a VM_UFFD_MISSING VMA, hands the fault to userfaultfd with the PMD still none
+        path = rules.huge_pmd_path(B, era, c0.flags, st.mm, st.sysfs, pmd_none, one)
+        huge_path.append(B.and_(B.or_(touched, sigbus), path))
+        hf = B.and_(touched, rules.fault_huge_pmd(B, era, c0.flags, st.mm, st.sysfs, pmd_none,
+                                                  one))
         thp_fault.append(hf)
         thp.append(B.or_(blk.thp, hf))
-        # a PTE fault allocates the page table before it finds VM_UFFD_MISSING (SIGBUS);
-        # the THP path hands the fault over with the PMD still none
-        sigbus_pte = B.or_(*(B.and_(bus[i], B.not_(B.and_(
-            pmd_none, rules.fault_huge_pmd(B, era, B.put(old[i].flags, um=B.F), st.mm,
-                                           st.sysfs, B.T, one))))
-            for i in mine if not B.is_false(bus[i])))
+        # a PTE fault allocates the page table before it finds VM_UFFD_MISSING (SIGBUS)
+        sigbus_pte = B.and_(sigbus, B.not_(path))
         # a write to a present page (or into a THP) takes no fault; a new PTE needs the table
         pte_fault = B.and_(B.not_(blk.thp), B.not_(hf),
                            B.or_(*(B.and_(eff[i], B.not_(old[i].pop)) for i in mine)))
@@ -228,9 +267,8 @@ def touch(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
         B.put(blk, cow=B.and_(blk.cow, *(B.not_(eff[i]) for i in
                                         range(first[k], first[k] + len(blk.cells)))))
         for k, blk in enumerate(st2.blocks)))
-    fault_cells = [thp_fault[blk_of[i]] for i in range(len(old))]
-    registered = _register(B, era, st2, cs, fault_cells)
-    return ret, B.put(st2, mm=B.put(st2.mm, registered=registered))
+    return ret, _registered(B, st2, _enter(B, era, st2, cs,
+                                           [huge_path[blk_of[i]] for i in range(len(old))]))
 
 
 def _anon_vma_prepare(B: Any, cs: list[Cell], wrote: list[Any], next_av: Any
@@ -322,18 +360,23 @@ def _clear_uffd(B: Any, era: Era, st: State, sel: list[Any], ret: Any, ok: Any
 
 def _relayout(B: Any, era: Era, st: State, ret: Any, cs: list[Cell], mod: list[Any], ok: Any
               ) -> tuple[Any, State]:
-    cs = arena.remerge(B, era, cs, [B.and_(ok, m) for m in mod])
-    cs = [B.select(ok, n, o) for n, o in zip(cs, cells(st))]
+    """Split the changed cells off and merge what can merge (vma_modify_flags_uffd, 6.1
+    vma_merge/split_vma); each merge calls khugepaged_enter_vma() on the merged VMA."""
+    old = cells(st)
+    mod = [B.and_(ok, m) for m in mod]
+    new = arena.remerge(B, era, cs, mod, "uffd")
+    entered = _enter_merges(B, era, st, old, new, mod)
+    cs = [B.select(ok, n, o) for n, o in zip(new, old)]
     st2 = arena.regroup(B, st, cs, [bl.thp for bl in st.blocks],
                         [bl.ptable for bl in st.blocks])
-    return ret, arena.split_thps(B, st2)
+    return ret, _registered(B, arena.split_thps(B, st2), entered)
 
 
 def uffd_copy(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
-    """UFFDIO_COPY into [a, b) (mm/userfaultfd.c mfill_atomic, 6.12): the range must lie in one
-    VMA registered with our uffd, else ENOENT.  Pages are filled in order until one is present
-    or its PMD is a THP (EEXIST).  The ioctl returns 0 when all were copied, the errno when none
-    was, and EAGAIN when only some were (userfaultfd_copy)."""
+    """UFFDIO_COPY into [a, b) (mm/userfaultfd.c mfill_atomic, 6.12; 6.1 __mcopy_atomic): the
+    range must lie in one VMA registered with our uffd, else ENOENT.  Pages are filled in order
+    until one is present or its PMD is a THP (EEXIST).  The ioctl returns 0 when all were
+    copied, the errno when none was, and EAGAIN when only some were (userfaultfd_copy)."""
     old = cells(st)
     first = arena.block_first(st)
     blk_of = [k for k, blk in enumerate(st.blocks) for _ in blk.cells]
@@ -357,8 +400,10 @@ def uffd_copy(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, State]:
     ret = B.ite(B.not_(ok), rules.uffdio_copy_page(B, B.F, B.F, B.F),
                 B.ite(err == 0, 0, B.ite(any_copied, -EAGAIN, err)))
     cs = [B.put(c, pop=B.or_(c.pop, copied[i])) for i, c in enumerate(old)]
-    # uffd_mfill_lock() prepares the anon_vma of the VMA holding dst before any other check
-    at_dst = [B.and_(c.mapped, c.start <= a, a < c.end) for c in old]
+    # 6.9+ uffd_mfill_lock() prepares the anon_vma of the VMA holding dst before any other
+    # check; before, __mcopy_atomic() prepares it only once the range is valid
+    at_dst = [B.and_(c.mapped, c.start <= a, a < c.end,
+                     B.T if era.uffd_copy_prepares_anon_first else ok) for c in old]
     cs, next_av = _anon_vma_prepare(B, cs, at_dst, st.next_av)
     ptable = [B.or_(blk.ptable, *(copied[first[k] + j] for j in range(len(blk.cells))))
               for k, blk in enumerate(st.blocks)]

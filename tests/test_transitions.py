@@ -14,11 +14,13 @@ import textwrap
 import pytest
 
 from vmaflags.model import ERAS, ScriptError, parse_script
-from vmaflags.model.concrete import run
+from vmaflags.model.concrete import run, run_syscall
+from vmaflags.model.state import empty_state
 from vmaflags.model.syscalls import SYSFS_MODES
 
 E412, E612, E618 = ERAS["def-flags"], ERAS["mmf"], ERAS["mmf-except-advised"]
 E61 = ERAS["mmf"].at("6.1")
+T, F = True, False
 
 
 def outcomes(era, text, sysfs="madvise"):
@@ -824,6 +826,50 @@ def test_no_merge_different_anon_vmas(era_id):
                              "0x400000-0x600000:nh:0:0")
 
 
+# Debian 6.1.192 in the test VM (conformance/vm/README.md findings 4-6, minimised scripts and
+# the kernel's last line), and 6.12 for contrast.  4: a failed UFFDIO_COPY prepares no
+# anon_vma on 6.1, so the later MADV_COLLAPSE finds none (EINVAL).  5: a uffd range that starts
+# inside its VMA does not merge with the next one on 6.1.  6: a new VMA between an unfaulted
+# prev and a faulted next merges into next only on 6.1.
+@pytest.mark.parametrize("text, want61, want612", [
+    ("arena 2\nmmap 0 4M\nuffd_copy 1M 8K\nmadvise 1M 2M collapse",
+     "ret=-EINVAL get=0 thp=1 vmas=0x0-0x400000:-:0:0",
+     "ret=0 get=0 thp=1 vmas=0x0-0x400000:-:0:0"),
+    ("arena 2\nmmap 0 2M\nuffd_register 2044K 8K missing\nuffd_register 1M 1M missing",
+     "ret=0 get=0 thp=1 vmas=0x0-0x100000:-:0:0,0x100000-0x1ff000:um:0:0,"
+     "0x1ff000-0x200000:um:0:0",
+     "ret=0 get=0 thp=1 vmas=0x0-0x100000:-:0:0,0x100000-0x200000:um:0:0"),
+    ("arena 2\nmmap 0 4M\nmadvise 1M 1M hugepage\ntouch 2044K 8K\nmmap 1M 1M",
+     "ret=0 get=0 thp=1 vmas=0x0-0x100000:-:0:0,0x100000-0x400000:-:0:0",
+     "ret=0 get=0 thp=1 vmas=0x0-0x400000:-:0:0"),
+], ids=["uffd_copy-anon_vma", "uffd-pgoff", "mmap-next-first"])
+def test_debian_61_merge_and_anon_vma_quirks(text, want61, want612):
+    assert lines(E61, text)[-1] == want61
+    assert lines(E612, text)[-1] == want612
+
+
+# 6.1 mmap_region(): prev and next both with other anon_vmas: the new VMA takes next; 6.12's
+# vma_merge_new_range() takes prev.  Same anon_vma on both sides: all three merge in both.
+@pytest.mark.parametrize("era, want", [
+    (E61, "0x0-0x200000:-:0:0,0x200000-0x600000:-:0:0"),
+    (E612, "0x0-0x400000:-:0:0,0x400000-0x600000:-:0:0"),
+])
+def test_mmap_between_two_anon_vmas(era, want):
+    text = "arena 3\nmmap 0 2M\ntouch 0 4K\nmmap 4M 2M\ntouch 4M 4K\nmmap 2M 2M"
+    assert vmas(lines(era, text)[-1]) == want
+
+
+def test_debian_61_era_features():
+    assert (E61.uffd_merge_pgoff, E61.uffd_copy_prepares_anon_first,
+            E61.mmap_merge_prev_first) == (False, False, False)
+    assert (E612.uffd_merge_pgoff, E612.uffd_copy_prepares_anon_first,
+            E612.mmap_merge_prev_first) == (True, True, True)
+    assert [ERAS["mmf"].at(v).uffd_merge_pgoff for v in ("6.3", "6.4")] == [False, True]
+    assert [ERAS["mmf"].at(v).uffd_copy_prepares_anon_first for v in ("6.8", "6.9")] == [
+        False, True]
+    assert [ERAS["mmf"].at(v).mmap_merge_prev_first for v in ("6.11", "6.12")] == [False, True]
+
+
 # --- 10. argument checks and parse errors (SCRIPT.md; kf §2, §4, §6) ------------------------
 
 @pytest.mark.parametrize("era_id", ["def-flags", "mmf", "mmf-except-advised"])
@@ -883,3 +929,81 @@ def test_range_leaving_arena(script):
 def test_parse_errors(script, line, msg):
     with pytest.raises(ScriptError, match=rf"^line {line}: .*{msg}"):
         parse_script(script)
+
+
+# --- 11. khugepaged registration, per call site (rules.khugepaged_enter_vma) ---------------
+# MMF_VM_HUGEPAGE after the script.  6.1 and 6.12 from the Debian sources, 6.18 as observed on
+# the live kernel (conformance/scenarios/khugepaged-*.vmf).  ";" separates steps.
+
+def registered(era, text, sysfs="madvise"):
+    script = parse_script(text.replace("; ", "\n"))
+    st = empty_state(script.arena, SYSFS_MODES.index(sysfs))
+    for sc in script.steps:
+        st = run_syscall(era, st, sc).state
+    return st.mm.registered
+
+
+HG_COPIED = "mmap 0 2M; madvise 0 2M hugepage; uffd_register 0 2M missing; uffd_copy 0 4K"
+DISABLED_TOUCHED = "prctl_set 1 0 0 0; mmap 0 4M; touch 0 4K"
+HG_TOUCHED = ("prctl_set 1 0 0 0; mmap 0 4M; madvise 0 4M hugepage; touch 0 4K;"
+              " prctl_set 0 0 0 0")
+REGISTRATION = [
+    # do_huge_pmd_anonymous_page(): THP fault; huge path handing over to userfaultfd (SIGBUS)
+    ("THP fault", "mmap 0 2M; madvise 0 2M hugepage; touch 0 4K", "madvise", (T, T, T)),
+    ("SIGBUS on the huge path", "mmap 0 2M; madvise 0 2M hugepage; uffd_register 0 2M missing;"
+     " touch 0 4K", "madvise", (T, T, T)),
+    ("SIGBUS on the PTE path", "mmap 0 2M; uffd_register 0 2M missing; touch 0 4K",
+     "madvise", (F, F, F)),
+    ("PTE fault, no hg", "mmap 0 2M; touch 0 4K", "madvise", (F, F, F)),
+    ("PTE fault, no aligned PMD", "mmap 0 1M; madvise 0 1M hugepage; touch 0 4K", "madvise",
+     (F, F, F)),
+    # UFFDIO_COPY and MADV_COLLAPSE never register
+    ("UFFDIO_COPY", HG_COPIED, "madvise", (F, F, F)),
+    ("MADV_COLLAPSE", "mmap 0 2M; touch 0 4K; madvise 0 2M collapse", "madvise", (F, F, F)),
+    # vma_merge() / vma_merge_existing_range(): the merged VMA, for uffd as for madvise
+    ("unregister, no merge", f"{HG_COPIED}; uffd_unregister 0 2M", "madvise", (F, F, F)),
+    ("unregister merges", f"{HG_TOUCHED}; uffd_register 0 2M missing; uffd_unregister 0 2M",
+     "madvise", (T, T, T)),
+    ("close merges", f"{HG_TOUCHED}; uffd_register 2M 2M missing; uffd_close", "madvise",
+     (T, T, T)),
+    # ... and a copied piece merges back into its unfaulted rest only from 6.16 (879bca0a2c4f)
+    ("copied piece unregistered", "mmap 0 4M; madvise 0 4M hugepage; uffd_register 0 2M"
+     " missing; uffd_copy 0 4K; uffd_unregister 0 2M", "madvise", (F, F, T)),
+    ("register merges", "mmap 0 4M; madvise 0 4M hugepage; uffd_register 0 2M missing;"
+     " uffd_copy 0 4K; uffd_register 2M 2M missing", "madvise", (T, T, T)),
+    ("merge, no advice", f"{DISABLED_TOUCHED}; prctl_set 0 0 0 0; uffd_register 2M 2M missing;"
+     " uffd_unregister 2M 2M", "always", (T, T, T)),
+    ("nohugepage merge", f"{DISABLED_TOUCHED}; madvise 2M 2M nohugepage; prctl_set 0 0 0 0;"
+     " madvise 0 2M nohugepage", "always", (F, F, F)),
+    # mmap_region() vma_expand() / vma_merge_new_range(); a new VMA has no anon_vma
+    ("mmap expands", "prctl_set 1 0 0 0; mmap 4M 2M; touch 4M 8K; prctl_set 0 0 0 0;"
+     " mmap 6M 1M", "always", (T, T, T)),
+    ("mmap, no merge", f"{DISABLED_TOUCHED}; prctl_set 0 0 0 0; mmap 6M 2M", "always",
+     (F, F, F)),
+    # hugepage_madvise() on the unsplit VMA (6.1, 6.18) or Debian 6.12 madvise_update_vma()
+    ("hugepage on a sub-range", f"{DISABLED_TOUCHED}; prctl_set 0 0 0 0;"
+     " madvise 3M 4K hugepage", "madvise", (T, F, T)),
+    ("hugepage again", "prctl_set 1 0 0 0; mmap 0 2M; touch 0 4K; madvise 0 2M hugepage;"
+     " prctl_set 0 0 0 0; madvise 0 2M hugepage", "madvise", (T, F, T)),
+    ("hugepage, changed", f"{DISABLED_TOUCHED}; prctl_set 0 0 0 0; madvise 0 4M hugepage",
+     "madvise", (T, T, T)),
+    ("hugepage, no anon_vma", "mmap 0 2M; madvise 0 2M hugepage", "madvise", (F, F, F)),
+    # no call site: clearing the prctl, exec (MMF_VM_HUGEPAGE is not in MMF_INIT_MASK)
+    ("prctl cleared", f"{DISABLED_TOUCHED}; madvise 0 4M hugepage; prctl_set 0 0 0 0",
+     "madvise", (F, F, F)),
+    ("execve", "mmap 0 2M; madvise 0 2M hugepage; touch 0 4K; execve", "madvise", (F, F, F)),
+]
+
+
+@pytest.mark.parametrize("text, sysfs, want", [r[1:] for r in REGISTRATION],
+                         ids=[r[0] for r in REGISTRATION])
+def test_khugepaged_registration(text, sysfs, want):
+    got = tuple(registered(e, "arena 4\n" + text, sysfs) for e in (E61, E612, E618))
+    assert got == want
+
+
+def test_khugepaged_registration_clr_merge():
+    """MADV_CLR_HUGEPAGE registers only through a merge (the patch adds no call of its own)."""
+    text = f"arena 2\n{DISABLED_TOUCHED}; madvise 2M 2M nohugepage; prctl_set 0 0 0 0; "
+    assert registered(ERAS["mmf-clr"], text + "madvise 2M 2M clr_hugepage", "always") is True
+    assert registered(ERAS["mmf-clr"], text + "madvise 3M 1M clr_hugepage", "always") is False
