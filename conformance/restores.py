@@ -12,6 +12,11 @@ printed what the model predicts and that the restore ends where the dump did, in
 theorem compares (PR_GET, and per VMA its range, hg/nh and THPeligible).
 
     python -m vmaflags.conformance.restores --kernel def-flags-clr-6.12 --era def-flags-clr
+
+Without --kernel it runs on this machine (root: it sets THP `enabled` through the sysfs guard;
+wrap it in `flock /run/vmaflags-live.lock`).  Exit 0 when every restore run is exact and the
+kernel agrees with the model, 1 otherwise or when the kernel cannot be built or driven, 2 for
+a bad argument, 4 when it cannot run here (SKIP).
 """
 from __future__ import annotations
 
@@ -153,12 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.kernel is None:
         why = host.no_thp() or host.no_executor() or host.writable()
         if why:
-            print(f"SKIP: {why}", file=sys.stderr)
+            print(f"vmaflags: SKIP: {why}", file=sys.stderr)
             return 4
         o = run(era, a.protocol, a.every)
     else:
         from .vm import kernels
-        from .vm.guest import Guest
+        from .vm.guest import Guest, VMError
         try:
             kernels.resolve_name(a.kernel)
             k = kernels.resolve(a.kernel)
@@ -166,10 +171,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vmaflags: {e}", file=sys.stderr)
             return 2
         except kernels.Skip as e:
-            print(f"SKIP: {e}", file=sys.stderr)
+            print(f"vmaflags: SKIP: {e}", file=sys.stderr)
             return 4
-        with Guest(k) as g, host.use(g):
-            o = run(era, a.protocol, a.every)
+        except Exception as e:  # noqa: BLE001 - vmaflags.kernel.build.BuildError
+            if type(e).__name__ != "BuildError":
+                raise
+            print(f"vmaflags: build: {e}", file=sys.stderr)
+            return 1
+        try:
+            with Guest(k) as g, host.use(g):
+                o = run(era, a.protocol, a.every)
+        except (VMError, driver.ExecutorError) as e:
+            print(f"vmaflags: {str(e).splitlines()[0]}", file=sys.stderr)
+            return 1
     print(summary(o))
     for d in o.divergences[:5]:
         print(d.text())

@@ -138,6 +138,17 @@ def test_the_counterexamples_mean_the_same_at_4_12_and_at_6_12(era_id: str):
                 (row.name, name)
 
 
+def test_restores_bad_input_is_one_line_and_exit_2(capsys):
+    assert restores.main(["--kernel", "nosuch", "--era", "def-flags"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vmaflags: unknown kernel 'nosuch'; valid: ") and err.count("\n") == 1
+    for bad in (["--era", "nosuch"], ["--era", "def-flags", "--every", "0"],
+                ["--era", "def-flags", "--protocol", "nosuch"]):
+        with pytest.raises(SystemExit) as e:
+            restores.main(bad)
+        assert e.value.code == 2
+
+
 # ---- the built kernels (cached, or VMAFLAGS_KERNEL_BUILD=1), booted --------------------------
 
 def _built(name: str) -> kbuild.Built:
