@@ -50,6 +50,18 @@ def split(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def from_counterexample(name: str, steps: list[dict]) -> str:
+    """The replay file of a proof's counterexample: `steps` as `vmaflags prove --json` gives
+    them (one dict per replayed step: `process`, `syscall`, `arena`, `sysfs`), one `#! process:`
+    section per process in their order, each with its trace's sysfs mode and arena."""
+    out = [f"#! title: {name}", "#! source: vmaflags prove, the solver's counterexample"]
+    for process in dict.fromkeys(s["process"] for s in steps):
+        mine = [s for s in steps if s["process"] == process]
+        out += [f"#! process: {process}", f"#! sysfs: {mine[0]['sysfs']}",
+                f"arena {mine[0]['arena']}", *(s["syscall"] for s in mine)]
+    return "\n".join(out) + "\n"
+
+
 @dataclass
 class Replayed:
     process: str

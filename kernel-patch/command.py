@@ -50,6 +50,6 @@ def list_command() -> int:
     t = Table("kernel", "source", "series", "cached")
     for name, k in KERNELS.items():
         b = cached(name)
-        t.add_row(name, k.version, ", ".join(k.series), b.release if b else "no")
+        t.add_row(name, k.version, ", ".join(k.series), "yes" if b else "no")
     Console(highlight=False).print(t)
     return 0

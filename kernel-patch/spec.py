@@ -57,6 +57,11 @@ DEBIAN_6_12 = ("linux-source-6.12", "6.12.117-1~deb12u1")
 KERNELS: dict[str, Kernel] = {k.name: k for k in (
     Kernel("patched-6.12", *DEBIAN_6_12, series=("clr-hugepage",), era="mmf-clr",
            selftests=("mm/madv_clr_hugepage",)),
+    # Test stand-ins for the pre-4.13 eras: 6.12 with the v4.12 prctl (series/def-flags),
+    # alone and under MADV_CLR_HUGEPAGE.
+    Kernel("def-flags-6.12", *DEBIAN_6_12, series=("def-flags",), era="def-flags"),
+    Kernel("def-flags-clr-6.12", *DEBIAN_6_12, series=("def-flags", "clr-hugepage"),
+           era="def-flags-clr", selftests=("mm/madv_clr_hugepage",)),
 )}
 
 

@@ -32,8 +32,13 @@ class Era:
     kernel: str  # representative version; within-era features below follow it
     summary: str
     prctl: str  # DEF_FLAGS | MMF | MMF_EXCEPT_ADVISED
-    clr_hugepage: int | None = None  # MADV_CLR_HUGEPAGE advice number, patched eras only
+    madv_clr: bool = False  # the patched eras: MADV_CLR_HUGEPAGE exists
     # Within-era features, derived from `kernel` by `Era.at`:
+    # MADV_CLR_HUGEPAGE's advice number in the patched eras (None in the others): 18 in the 2017
+    # posting, for 4.12; 18 is MADV_WIPEONFORK from 4.14 (d2cd9ede6e19), so from there on it is
+    # kernel-patch/'s 26, the first number after MADV_COLLAPSE (25) that 6.12 and 6.18 leave free
+    # (the kernels that exist with it: patched-6.12 and the def-flags-clr-6.12 stand-in).
+    clr_hugepage: int | None = None
     madv_same_advice_einval: bool = False  # < 4.5: re-applying a set advice fails (hugepage_madvise)
     madv_collapse: bool = False  # >= 6.1: MADV_COLLAPSE exists (7d8faaf15545)
     collapse_none_ebusy: bool = False  # >= 6.4: SCAN_EXCEED_NONE_PTE -> EBUSY, before: EINVAL
@@ -89,6 +94,7 @@ class Era:
         return replace(
             self,
             kernel=kernel,
+            clr_hugepage=(18 if v < (4, 14) else 26) if self.madv_clr else None,
             madv_same_advice_einval=v < (4, 5),
             madv_collapse=v >= (6, 1),
             collapse_none_ebusy=v >= (6, 4),
@@ -113,12 +119,10 @@ class Era:
         return self.prctl == MMF_EXCEPT_ADVISED
 
 
-def _era(id: str, kernels: str, kernel: str, summary: str, prctl: str, clr: int | None = None) -> Era:
-    return Era(id, kernels, kernel, summary, prctl, clr).at(kernel)
+def _era(id: str, kernels: str, kernel: str, summary: str, prctl: str, clr: bool = False) -> Era:
+    return Era(id, kernels, kernel, summary, prctl, madv_clr=clr).at(kernel)
 
 
-# MADV_CLR_HUGEPAGE: the 2017 patch used 18 (later taken by MADV_WIPEONFORK in 4.14); our
-# kernel-patch uses 26, the first number after MADV_COLLAPSE (25) that 6.12 and 6.18 leave free.
 ERAS: dict[str, Era] = {
     e.id: e
     for e in (
@@ -130,9 +134,10 @@ ERAS: dict[str, Era] = {
              "MMF_DISABLE_THP_COMPLETELY or _EXCEPT_ADVISED (PR_THP_DISABLE_EXCEPT_ADVISED)",
              MMF_EXCEPT_ADVISED),
         _era("def-flags-clr", "4.12 + MADV_CLR_HUGEPAGE", "4.12",
-             "the 2017 proposal: def-flags plus MADV_CLR_HUGEPAGE (18)", DEF_FLAGS, clr=18),
+             "the 2017 proposal: def-flags plus MADV_CLR_HUGEPAGE (18; 26 from 4.14, where 18 "
+             "is MADV_WIPEONFORK)", DEF_FLAGS, clr=True),
         _era("mmf-clr", "6.12 + MADV_CLR_HUGEPAGE", "6.12",
-             "kernel-patch/: Debian 6.12 plus MADV_CLR_HUGEPAGE (26)", MMF, clr=26),
+             "kernel-patch/: Debian 6.12 plus MADV_CLR_HUGEPAGE (26)", MMF, clr=True),
     )
 }
 

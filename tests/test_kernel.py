@@ -170,7 +170,8 @@ def test_a_missing_tool_is_a_skip_that_names_the_package(tmp_path: pathlib.Path,
 def test_kernel_build_unknown_name():
     p = _cli("kernel", "build", "nosuch")
     assert p.returncode == 2
-    assert p.stderr == "vmaflags: unknown kernel 'nosuch'; valid: patched-6.12\n"
+    assert p.stderr == ("vmaflags: unknown kernel 'nosuch'; valid: patched-6.12, def-flags-6.12, "
+                        "def-flags-clr-6.12\n")
     assert p.stdout == ""
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from vmaflags.model import ERAS, rules
 from vmaflags.model.backend import PY
+from vmaflags.model.eras import era_at
 from vmaflags.model.state import Flags, empty_state
 from vmaflags.model.syscalls import (MADV_CLR_HUGEPAGE, MADV_COLLAPSE, MADV_HUGEPAGE,
                                      MADV_NOHUGEPAGE)
@@ -182,6 +183,20 @@ def test_new_vma_flags(era_id, prior, want):
 ])
 def test_madvise_behavior_valid(era_id, advice, valid):
     assert bool(rules.madvise_behavior_valid(ERAS[era_id], advice)) is valid
+
+
+# spec §3.4: the 2017 posting's 18 is MADV_WIPEONFORK from 4.14, so the patched eras take
+# MADV_CLR_HUGEPAGE's number from the kernel (Era.at): 18 before 4.14, kernel-patch/'s 26 after.
+@pytest.mark.parametrize("era_id, kernel, number", [
+    ("def-flags-clr", "4.12", 18), ("def-flags-clr", "4.13", 18), ("def-flags-clr", "4.14", 26),
+    ("def-flags-clr", "6.12", 26), ("mmf-clr", "6.12", 26), ("mmf-clr", "6.18", 26),
+    *[(e, v, None) for e in ("def-flags", "mmf", "mmf-except-advised") for v in ("4.12", "6.12")],
+])
+def test_clr_number_follows_the_kernel(era_id, kernel, number):
+    era = era_at(era_id, kernel)
+    assert era.clr_hugepage == number
+    for advice in (18, 26):
+        assert bool(rules.madvise_behavior_valid(era, advice)) is (advice == number)
 
 
 # spec §3.1: each advice sets its own bit and clears the other; no error of its own from ~4.5;

@@ -197,7 +197,7 @@ def matrix(specs: list[str] | None, examples: int | None, seed: int | None,
                           "seconds": round(time.perf_counter() - t0, 3),
                           "kernels": [r.as_dict() for r in rows]}, indent=2))
     else:
-        _matrix_rich(rows, Console(highlight=False, soft_wrap=True))
+        _matrix_rich(rows, seed, Console(highlight=False, soft_wrap=True))
     return 0 if all(r.ok or r.skip for r in rows) else 1
 
 
@@ -219,7 +219,7 @@ def _mark(status: str) -> Text:
             "skip": Text("skip", style="yellow")}[status]
 
 
-def _matrix_rich(rows: list[KernelRun], console: Console) -> None:
+def _matrix_rich(rows: list[KernelRun], seed: int, console: Console) -> None:
     t = Table("", "kernel", "era identified", "scen.", "random", "ksft", "",
               title="kernels", title_justify="left")
     for i, r in enumerate(rows, 1):
@@ -253,5 +253,5 @@ def _matrix_rich(rows: list[KernelRun], console: Console) -> None:
     for i, r in enumerate(rows, 1):
         what = r.run.kernel if r.run is not None else (r.skip or r.error).splitlines()[0]
         console.print(f"K{i} {r.spec}: ", Text(what))
-    console.print("scen.: scenario runs passed; random: sequences/divergences; ksft: the "
-                  "kernel's\nkselftests in the guest")
+    console.print(f"scen.: scenario runs passed; random: sequences/divergences, seed {seed};\n"
+                  "ksft: the kernel's kselftests in the guest")
