@@ -1,0 +1,287 @@
+"""What a restore does to THP backing and to khugepaged's list: criu-thp-kept,
+criu-khugepaged-registered and criu-no-new-thp-in-nh.
+
+Real CRIU in a test VM (`vmaflags vm criu`, conformance/vm/README.md "CRIU in the loop",
+findings 3-5) restores a dumped THP as 4 KiB pages, leaves a lazily restored mm off
+khugepaged's list, and makes THPs in `nh` VMAs when a plain restore writes pages under sysfs
+`always`.  These theorems state each for every dump of the arena and every protocol of
+protocols.py; the solver finds the counterexamples, which are replayed on the interpreter.
+
+The run: the protocol over a dump that has THPs and khugepaged registration wherever the
+kernel allows them (restore.dump_state, `backed`: `pop` are the pages present), then, for a
+lazy restore, CRIU's lazy phase (`lazy_phase`).  Which pages the restore itself writes
+follows CRIU's page images (conformance/vm/criu.py restore_input): a plain restore writes
+every dumped page; a lazy one with a parent only the pre-dumped pages not written since
+(PE_PARENT; `parent` is free per cell); a lazy one without a parent none.  Only restores that
+complete count (CRIU stops at the first failed step; no restored process is left).
+
+Not modelled: the restored process running during the lazy phase (its own faults, which the
+daemon answers first, and UFFDIO_ZEROPAGE for pages the dump does not have), and khugepaged
+or MADV_COLLAPSE during the restore (no-collapse-window is about those).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable
+
+import z3
+
+from vmaflags.model import arena, concrete, rules, symbolic
+from vmaflags.model.backend import PY, Z3
+from vmaflags.model.eras import Era
+from vmaflags.model.state import State, cells, empty_state
+from vmaflags.model.syscalls import (MADV_HUGEPAGE, MADV_NOHUGEPAGE, PMD_PAGES, SYSFS_MODES,
+                                     Khugepaged, Syscall, UffdClose, UffdCopy)
+
+from . import engine as E
+from .protocols import PROTOCOLS, Protocol, Restore
+from .restore import CRIU_SHAPE, _failed, _steps_run, dump_dims, dump_state, fresh_process
+from .verdict import Verdict, coverage, replay, sat_or_vacuous, shape_text
+
+
+@dataclass(frozen=True)
+class BackingRun:
+    dump: State
+    dump_ok: Any
+    run: E.Run  # the protocol's steps, then its lazy phase
+    lazy_from: int  # index of the first step of the lazy phase (= len(run.log) if none)
+
+
+@lru_cache(maxsize=None)
+def backing_run(era: Era, protocol: str, shp: tuple[int, ...]) -> BackingRun:
+    """The protocol's symbolic run over a backed dump, with its lazy phase (shared by the
+    three theorems)."""
+    dump, dump_ok = dump_state(era, shp, backed=True)
+    p = PROTOCOLS[protocol]
+    written = dump
+    if p.lazy and p.parent:  # only the parent's pages: pop and pre-dumped
+        written = dump._replace(blocks=tuple(blk._replace(cells=tuple(
+            c._replace(pop=Z3.and_(c.pop, z3.Bool(E.fresh("parent")))) for c in blk.cells))
+            for blk in dump.blocks))
+    run = E.Run(era, [fresh_process(dump)])
+    p.steps(Restore(run, written, p))
+    lazy_from = len(run.log)
+    if p.lazy:
+        lazy_phase(run, dump)
+    return BackingRun(dump, dump_ok, run, lazy_from)
+
+
+def lazy_phase(run: E.Run, dump: State) -> None:
+    """CRIU's lazy-pages daemon once the restore is done (criu/uffd.c, v3.5+): UFFDIO_COPY of
+    every dumped page that is not there yet (handle_requests -> xfer_pages -> uffd_copy; an
+    EEXIST is uffd_recoverable_error), then close() of the userfaultfd (lpi_fini) -- as
+    conformance/vm/criu.py lazy_phase does on one dump, cell by cell."""
+    for i, c in enumerate(cells(dump)):
+        there = cells(run.last)[i].pop
+        run.do(UffdCopy(0, 0), (c.start, c.end), Z3.and_(c.mapped, c.pop, Z3.not_(there)))
+    run.do(UffdClose(), ())
+
+
+# --- the claims, for both backends: the solver's run and the interpreter's replay -------------
+
+def thp_lost(B: Any, era: Era, dump: State, st: State) -> Any:
+    """A PMD that is a THP in the dump is not one in `st`."""
+    return B.or_(*(B.and_(d.thp, B.not_(e.thp)) for d, e in zip(dump.blocks, st.blocks)))
+
+
+def has_thp(B: Any, era: Era, dump: State) -> Any:
+    return B.or_(*(blk.thp for blk in dump.blocks))
+
+
+def scanned(B: Any, era: Era, st: State) -> Any:
+    """The mm is on khugepaged's list (MMF_VM_HUGEPAGE) and khugepaged scans a PMD of it that
+    holds a page: inside one VMA that thp_vma_allowable(KHUGEPAGED) allows (flags, prctl,
+    sysfs, an anon_vma, an aligned PMD: arena.khugepaged_eligible).  Without such a PMD the
+    list changes nothing a restore could be asked to keep."""
+    cs = cells(st)
+    views, first = arena.vma_views(B, cs), arena.block_first(st)
+    return B.and_(st.mm.registered, B.or_(*(
+        B.and_(arena.in_one_vma(B, blk.cells),
+               arena.khugepaged_eligible(B, era, blk.cells[0], views[first[k]], st.mm,
+                                         st.sysfs),
+               B.or_(*(c.pop for c in blk.cells)))
+        for k, blk in enumerate(st.blocks))))
+
+
+def unlisted(B: Any, era: Era, dump: State, st: State) -> Any:
+    """The dumped mm is on khugepaged's list with a PMD to scan, `st`'s mm is not."""
+    return B.and_(scanned(B, era, dump), B.not_(st.mm.registered))
+
+
+def disabled_pmd(B: Any, era: Era, dump: State, k: int) -> Any:
+    """PMD k of the dump holds a VMA that is THP-disabled there: nh, or a prctl mode that
+    disables it (rules.vma_thp_disabled, as the page fault and khugepaged ask)."""
+    return B.or_(*(B.and_(c.mapped, rules.vma_thp_disabled(B, era, c.flags, dump.mm, False))
+                   for c in dump.blocks[k].cells))
+
+
+def has_disabled_pmd(B: Any, era: Era, dump: State) -> Any:
+    return B.or_(*(B.and_(disabled_pmd(B, era, dump, k), B.not_(blk.thp))
+                   for k, blk in enumerate(dump.blocks)))
+
+
+def new_thp(B: Any, era: Era, dump: State, st: State) -> Any:
+    """A PMD that is THP-disabled and not a THP in the dump is a THP in `st`."""
+    return B.or_(*(B.and_(disabled_pmd(B, era, dump, k), B.not_(d.thp), e.thp)
+                   for k, (d, e) in enumerate(zip(dump.blocks, st.blocks))))
+
+
+@dataclass(frozen=True)
+class Claim:
+    premise: str  # a coverage dimension: some dump has it and some has not
+    has: Callable[[Any, Era, State], Any]
+    violated: Callable[[Any, Era, State, State], Any]  # (dump, a state of the restore)
+    every_point: bool  # at every point of the restore, else after its lazy phase
+    observe: tuple[Syscall, ...] = ()  # appended to both traces: what makes it visible
+
+
+CLAIMS = {
+    "criu-thp-kept": Claim("dumped THP", has_thp, thp_lost, False),
+    "criu-khugepaged-registered": Claim("listed, with a PMD to scan", scanned, unlisted, False,
+                                        (Khugepaged(),)),
+    "criu-no-new-thp-in-nh": Claim("THP-disabled PMD", has_disabled_pmd, new_thp, True),
+}
+
+
+def criu_thp_kept(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_SHAPE) -> Verdict:
+    """For every dump whose restore completes: every PMD that is a THP in the dump is one after
+    the restore and its lazy phase."""
+    return _check(era, protocol, shp, "criu-thp-kept")
+
+
+def criu_khugepaged_registered(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_SHAPE
+                               ) -> Verdict:
+    """For every dump whose restore completes: if the dumped mm is on khugepaged's list with a
+    PMD to scan (`scanned`), the restored mm is on it after the restore and its lazy phase."""
+    return _check(era, protocol, shp, "criu-khugepaged-registered")
+
+
+def criu_no_new_thp_in_nh(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_SHAPE
+                          ) -> Verdict:
+    """For every dump whose restore completes: no PMD that the dump has THP-disabled (nh, or
+    the prctl) and not as a THP is a THP at any point of the restore or its lazy phase."""
+    return _check(era, protocol, shp, "criu-no-new-thp-in-nh")
+
+
+@lru_cache(maxsize=None)
+def _assumptions(era: Era, protocol: str, shp: tuple[int, ...]
+                 ) -> tuple[list[Any], dict[str, str], list[str], tuple[str, list[str]]]:
+    """What the three theorems assume of a run (every dump whose restore completes) and what
+    that quantifies over, computed once per run."""
+    b = backing_run(era, protocol, shp)
+    facts = [b.dump_ok, *b.run.side, *(z3.Not(f) for f in _failed(b.run))]
+    sat_or_vacuous("dumps whose restore completes", *facts)
+    q, vac = coverage(facts, dump_dims(era, b.dump))
+    return facts, q, vac, _steps_run(facts, b.run)
+
+
+def _check(era: Era, protocol: str, shp: tuple[int, ...], name: str) -> Verdict:
+    claim = CLAIMS[name]
+    b = backing_run(era, protocol, shp)
+    dump, run = b.dump, b.run
+    facts, q_dump, vac_dump, (steps_run, dead) = _assumptions(era, protocol, shp)
+    q_premise, vac_premise = coverage(facts, [
+        (claim.premise, Z3.ite(claim.has(Z3, era, dump), 1, 0), [0, 1])])
+    q = {**q_dump, **q_premise, "restore steps": steps_run}
+    vac = vac_dump + vac_premise + dead
+    bound = shape_text(shp)
+    points = run.states[1:] if claim.every_point else [run.last]
+    viol = [claim.violated(Z3, era, dump, st) for st in points]
+    r, m = E.check(*facts, z3.Or(*viol))
+    if r == z3.unsat:
+        return Verdict("proved", "bounded", bound, vacuity=vac, quantified=q)
+    if r != z3.sat:
+        return Verdict("unknown", "bounded", bound, vacuity=vac, quantified=q, note=str(r))
+    # Readable first: a dump the dump script builds, cells on 1 MiB boundaries, a violation
+    # that lasts to the end of the restore.
+    builder, built = dump_builder(era, protocol, shp)
+    nice = [c.start % (PMD_PAGES // 2) == 0 for c in cells(dump)]
+    tries = [[built, *nice, viol[-1]]] if claim.every_point else []
+    for extra in tries + [[built, *nice], [built]]:
+        r2, m2 = E.check(*facts, z3.Or(*viol), *extra)
+        if r2 == z3.sat:
+            m = m2
+            break
+    sysfs, n = E.val(m, dump.sysfs), len(shp)
+    dump_steps, steps = builder.trace(m), run.trace(m)
+    cex = (replay(era, dump_steps + list(claim.observe), sysfs, n, "dump")
+           + replay(era, steps + list(claim.observe), sysfs, n, "restore"))
+    note = _replayed(era, claim, dump_steps, steps, sysfs, n, len(run.trace(m, b.lazy_from)))
+    if note is None:
+        return Verdict("unknown", "bounded", bound, cex, vac, quantified=q,
+                       note="the solver's counterexample does not replay")
+    return Verdict("refuted", "bounded", bound, cex, vac, quantified=q, note=note)
+
+
+def _build(r: Restore) -> None:
+    """The dumped process, as the counterexamples' "dump" script builds it: each VMA mapped
+    and advised, its present pages written, then its prctl mode (so that in def-flags the
+    VMAs do not get nh from def_flags)."""
+    for i, c in enumerate(r.cs):
+        r.mmap(i)
+        r.madvise(i, MADV_HUGEPAGE, c.hg)
+        r.madvise(i, MADV_NOHUGEPAGE, c.nh)
+    r.populate()
+    mm = r.dump.mm
+    r.prctl(1, rules.PR_THP_DISABLE_EXCEPT_ADVISED, when=mm.except_adv)
+    r.prctl(1, 0, when=Z3.and_(Z3.not_(mm.except_adv), Z3.or_(mm.disable, mm.def_nh)))
+
+
+@lru_cache(maxsize=None)
+def dump_builder(era: Era, protocol: str, shp: tuple[int, ...]) -> tuple[E.Run, Any]:
+    """The dump script's symbolic run over the backed dump, and the condition that it builds
+    exactly that dump: a counterexample that meets it replays from a script (not every dump
+    does: a THP in an nh VMA, say, needs another order of steps)."""
+    dump = backing_run(era, protocol, shp).dump
+    run = E.Run(era, [fresh_process(dump)])
+    _build(Restore(run, dump, Protocol("dump", "the dumped process", False, False, _build)))
+    same = [_eq(x, y) for x, y in zip(symbolic.values(dump).values(),
+                                      symbolic.values(run.last).values())]
+    return run, z3.And(*same, *(z3.Not(f) for f in _failed(run)))
+
+
+def _eq(a: Any, b: Any) -> Any:
+    return a == b if z3.is_expr(a) or z3.is_expr(b) else z3.BoolVal(a == b)
+
+
+def _states(era: Era, steps: list[Syscall], sysfs: int, blocks: int) -> list[State]:
+    st = empty_state(blocks, sysfs)
+    out = [st]
+    for sc in steps:
+        st = concrete.run_syscall(era, st, sc).state
+        out.append(st)
+    return out
+
+
+def _replayed(era: Era, claim: Claim, dump_steps: list[Syscall], steps: list[Syscall],
+              sysfs: int, blocks: int, lazy_from: int) -> str | None:
+    """The violation, as the interpreter shows it on the two scripts (None if it does not):
+    which PMD, after which restore step, under which sysfs mode."""
+    dump = _states(era, dump_steps, sysfs, blocks)[-1]
+    states = _states(era, steps, sysfs, blocks)[1:]
+    points = list(enumerate(states, 1)) if claim.every_point else [(len(states),
+                                                                      states[-1])]
+    hit = next(((n, st) for n, st in points if claim.violated(PY, era, dump, st)), None)
+    if hit is None:
+        return None
+    n, st = hit
+    mode = f"sysfs {SYSFS_MODES[sysfs]}"
+    phase = " and its lazy phase" if lazy_from < len(steps) else ""
+    if claim.violated is thp_lost:
+        k = next(k for k, (d, e) in enumerate(zip(dump.blocks, st.blocks))
+                 if d.thp and not e.thp)
+        return f"PMD {k}: a THP in the dump, 4 KiB pages after the restore{phase} ({mode})"
+    if claim.violated is unlisted:
+        scan = [concrete.run_syscall(era, x, Khugepaged()).state for x in (dump, st)]
+        lost = [k for k, (d, e) in enumerate(zip(*(x.blocks for x in scan)))
+                if d.thp and not e.thp]
+        seen = (f"; after a khugepaged scan PMD {lost[0]} is a THP in the dumped process, "
+                "not in the restored one") if lost else ""
+        return (f"the restored mm is not on khugepaged's list after the restore{phase} "
+                f"({mode}){seen}")
+    k = next(k for k, (d, e) in enumerate(zip(dump.blocks, st.blocks))
+             if disabled_pmd(PY, era, dump, k) and not d.thp and e.thp)
+    why = "nh" if any(c.mapped and c.nh for c in dump.blocks[k].cells) else "THP-disabled"
+    return (f"PMD {k} ({why} in the dump) is a THP from restore step {n} "
+            f"({steps[n - 1].text()}, {mode})")
