@@ -271,7 +271,8 @@ def _replayed(era: Era, claim: Claim, dump_steps: list[Syscall], steps: list[Sys
     if claim.violated is thp_lost:
         k = next(k for k, (d, e) in enumerate(zip(dump.blocks, st.blocks))
                  if d.thp and not e.thp)
-        return f"PMD {k}: a THP in the dump, 4 KiB pages after the restore{phase} ({mode})"
+        now = "4 KiB pages" if all(c.pop for c in st.blocks[k].cells) else "not a THP"
+        return f"PMD {k}: a THP in the dump, {now} after the restore{phase} ({mode})"
     if claim.violated is unlisted:
         scan = [concrete.run_syscall(era, x, Khugepaged()).state for x in (dump, st)]
         lost = [k for k, (d, e) in enumerate(zip(*(x.blocks for x in scan)))
