@@ -127,20 +127,48 @@ def new_thp(B: Any, era: Era, dump: State, st: State) -> Any:
                    for k, (d, e) in enumerate(zip(dump.blocks, st.blocks))))
 
 
+# How a replayed violation is told: (era, dumped state, violating state, its restore step
+# number, the restore's steps) -> which PMD, and what happened to it.
+Describe = Callable[[Era, State, State, int, list[Syscall]], str]
+
+
+def _lost_thp(era: Era, dump: State, st: State, n: int, steps: list[Syscall]) -> str:
+    k = next(k for k, (d, e) in enumerate(zip(dump.blocks, st.blocks)) if d.thp and not e.thp)
+    now = "4 KiB pages" if all(c.pop for c in st.blocks[k].cells) else "not a THP"
+    return f"PMD {k} is a THP in the dump, {now} after the restore"
+
+
+def _unlisted(era: Era, dump: State, st: State, n: int, steps: list[Syscall]) -> str:
+    scan = [concrete.run_syscall(era, x, Khugepaged()).state for x in (dump, st)]
+    lost = [k for k, (d, e) in enumerate(zip(*(x.blocks for x in scan))) if d.thp and not e.thp]
+    seen = (f"; after a khugepaged scan PMD {lost[0]} is a THP in the dumped process, not in "
+            "the restored one") if lost else ""
+    return "the restored mm is not on khugepaged's list after the restore" + seen
+
+
+def _new_thp(era: Era, dump: State, st: State, n: int, steps: list[Syscall]) -> str:
+    k = next(k for k, (d, e) in enumerate(zip(dump.blocks, st.blocks))
+             if disabled_pmd(PY, era, dump, k) and not d.thp and e.thp)
+    why = "nh" if any(c.mapped and c.nh for c in dump.blocks[k].cells) else "THP-disabled"
+    return f"PMD {k} ({why} in the dump) is a THP from restore step {n} ({steps[n - 1].text()})"
+
+
 @dataclass(frozen=True)
 class Claim:
     premise: str  # a coverage dimension: some dump has it and some has not
     has: Callable[[Any, Era, State], Any]
     violated: Callable[[Any, Era, State, State], Any]  # (dump, a state of the restore)
     every_point: bool  # at every point of the restore, else after its lazy phase
+    describe: Describe
     observe: tuple[Syscall, ...] = ()  # appended to both traces: what makes it visible
 
 
 CLAIMS = {
-    "criu-thp-kept": Claim("dumped THP", has_thp, thp_lost, False),
-    "criu-khugepaged-registered": Claim("listed, with a PMD to scan", scanned, unlisted, False,
-                                        (Khugepaged(),)),
-    "criu-no-new-thp-in-nh": Claim("THP-disabled PMD", has_disabled_pmd, new_thp, True),
+    "criu-thp-kept": Claim("dumped THP", has_thp, thp_lost, False, _lost_thp),
+    "criu-khugepaged-registered": Claim("listed with a PMD to scan", scanned, unlisted, False,
+                                        _unlisted, (Khugepaged(),)),
+    "criu-no-new-thp-in-nh": Claim("THP-disabled PMD", has_disabled_pmd, new_thp, True,
+                                   _new_thp),
 }
 
 
@@ -257,7 +285,7 @@ def _states(era: Era, steps: list[Syscall], sysfs: int, blocks: int) -> list[Sta
 def _replayed(era: Era, claim: Claim, dump_steps: list[Syscall], steps: list[Syscall],
               sysfs: int, blocks: int, lazy_from: int) -> str | None:
     """The violation, as the interpreter shows it on the two scripts (None if it does not):
-    which PMD, after which restore step, under which sysfs mode."""
+    the sysfs mode, then the claim's own account (which PMD, after which restore step)."""
     dump = _states(era, dump_steps, sysfs, blocks)[-1]
     states = _states(era, steps, sysfs, blocks)[1:]
     points = list(enumerate(states, 1)) if claim.every_point else [(len(states),
@@ -265,24 +293,7 @@ def _replayed(era: Era, claim: Claim, dump_steps: list[Syscall], steps: list[Sys
     hit = next(((n, st) for n, st in points if claim.violated(PY, era, dump, st)), None)
     if hit is None:
         return None
-    n, st = hit
-    mode = f"sysfs {SYSFS_MODES[sysfs]}"
-    phase = " and its lazy phase" if lazy_from < len(steps) else ""
-    if claim.violated is thp_lost:
-        k = next(k for k, (d, e) in enumerate(zip(dump.blocks, st.blocks))
-                 if d.thp and not e.thp)
-        now = "4 KiB pages" if all(c.pop for c in st.blocks[k].cells) else "not a THP"
-        return f"PMD {k}: a THP in the dump, {now} after the restore{phase} ({mode})"
-    if claim.violated is unlisted:
-        scan = [concrete.run_syscall(era, x, Khugepaged()).state for x in (dump, st)]
-        lost = [k for k, (d, e) in enumerate(zip(*(x.blocks for x in scan)))
-                if d.thp and not e.thp]
-        seen = (f"; after a khugepaged scan PMD {lost[0]} is a THP in the dumped process, "
-                "not in the restored one") if lost else ""
-        return (f"the restored mm is not on khugepaged's list after the restore{phase} "
-                f"({mode}){seen}")
-    k = next(k for k, (d, e) in enumerate(zip(dump.blocks, st.blocks))
-             if disabled_pmd(PY, era, dump, k) and not d.thp and e.thp)
-    why = "nh" if any(c.mapped and c.nh for c in dump.blocks[k].cells) else "THP-disabled"
-    return (f"PMD {k} ({why} in the dump) is a THP from restore step {n} "
-            f"({steps[n - 1].text()}, {mode})")
+    text = claim.describe(era, dump, hit[1], hit[0], steps)
+    phase = " and its lazy phase" if lazy_from < len(steps) and not claim.every_point else ""
+    head, sep, tail = text.partition(";")
+    return f"sysfs {SYSFS_MODES[sysfs]}: {head}{phase}{sep}{tail}"
