@@ -205,7 +205,9 @@ class _ReportProgress:
         if not self.live:
             self.bar.start()
             self.live = True
-        self.bar.update(self.task, description=what, completed=done, total=total)
+        if what != self.bar.tasks[0].description:  # a new phase: its own elapsed time
+            self.bar.reset(self.task, description=what, total=total)
+        self.bar.update(self.task, completed=done, total=total)
 
     def stop(self) -> None:
         if self.live:

@@ -46,7 +46,8 @@ def not_modelled() -> list[str]:
     return items
 
 
-def _row(r: Any) -> dict:
+def row(r: Any) -> dict:
+    """A proofs.command.Row as `prove --json` gives it, with its time."""
     return {**r.as_json(), "seconds": round(r.seconds, 2)}
 
 
@@ -56,7 +57,7 @@ def proofs(progress: Progress, eras: list | None = None) -> list[dict]:
 
     jobs = obligations(None, eras or list(ERAS.values()))
     progress(f"proving {len(jobs)} obligations (vmaflags prove)", 0, 0)
-    return [_row(r) for r in run(jobs, show_progress=True)]
+    return [row(r) for r in run(jobs, show_progress=True)]
 
 
 def _concurrency_one(key: tuple[str, str | None, str]) -> dict:
@@ -67,7 +68,7 @@ def _concurrency_one(key: tuple[str, str | None, str]) -> dict:
     expected, reason = C.EXPECTED[key]
     t0 = time.perf_counter()
     v = C.check(theorem, protocol, ERAS[era])
-    return _row(Row(theorem, era, protocol, expected, reason, v, time.perf_counter() - t0))
+    return row(Row(theorem, era, protocol, expected, reason, v, time.perf_counter() - t0))
 
 
 def concurrency(progress: Progress, eras: list | None = None) -> list[dict]:
@@ -79,9 +80,9 @@ def concurrency(progress: Progress, eras: list | None = None) -> list[dict]:
     ctx = multiprocessing.get_context("fork")
     out = []
     with ctx.Pool(max(1, min(len(keys), os.cpu_count() or 1)), maxtasksperchild=1) as pool:
-        for n, row in enumerate(pool.imap(_concurrency_one, keys), 1):
+        for n, r in enumerate(pool.imap(_concurrency_one, keys), 1):
             progress("concurrency theorems", n, len(keys))
-            out.append(row)
+            out.append(r)
     return out
 
 
@@ -150,9 +151,11 @@ def replay_kernels() -> dict[str, str | None]:
 
 def collect(progress: Progress, *, live: bool = True, examples: int = 200,
             seed: int = 20251130, kernels: tuple[str, ...] = (), tries: int = 300,
-            seconds: float = 20.0, saved: dict[str, list] | None = None) -> dict[str, Any]:
+            seconds: float = 20.0, saved: dict[str, list] | None = None,
+            eras: list | None = None) -> dict[str, Any]:
     """Everything the report shows: `saved` (saved.load_dir) where given, the rest live.
-    `live` runs this machine's conformance and races (the live kernel's THP sysfs)."""
+    `live` runs this machine's conformance and races (the live kernel's THP sysfs); `eras`
+    limits the theorems to those eras."""
     from vmaflags.conformance import host
 
     saved = saved or {}
@@ -166,9 +169,9 @@ def collect(progress: Progress, *, live: bool = True, examples: int = 200,
         res["proofs"] = saved["proofs"][0]["rows"]
         res["proofs_command"] = saved["proofs"][0]["command"]
     else:
-        res["proofs"] = proofs(progress)
+        res["proofs"] = proofs(progress, eras)
         res["proofs_command"] = "vmaflags prove --json"
-    res["concurrency"] = concurrency(progress)
+    res["concurrency"] = concurrency(progress, eras)
     conf = []
     if live:
         conf.append(conformance_host(examples, seed, progress))

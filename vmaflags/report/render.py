@@ -32,8 +32,8 @@ def machine_svg(era_id: str) -> str:
 
 def _trace_md(r: dict, concurrency: bool, kernels: dict) -> str:
     out = [f"### {shape.obligation(r).replace(':', ' / ')}: {shape.verdict(r)}", "",
-           f"Expected {r['expected']}: {r['reason']}." + (f"  {r['note']}." if r.get("note")
-                                                            else ""), ""]
+           f"Expected {r['expected']}: {r['reason']}." + (f"  Found: {r['note']}."
+                                                            if r.get("note") else ""), ""]
     cmd = shape.concurrency_command(r) if concurrency else shape.prove_command(r)
     out.append(f"`{cmd}`")
     rp = shape.replay_command(r, kernels)

@@ -143,7 +143,7 @@ def criu_rows(rep: dict) -> list[list[str]]:
     return out
 
 
-CRIU_HEAD = ["case", "mode", "protocol", "PR_GET", "THP kB", "model", "agrees"]
+CRIU_HEAD = ["case", "mode", "protocol", "get", "THP kB", "model", "agrees"]
 
 
 def kernel_rows(conf: list[dict]) -> list[dict]:

@@ -103,7 +103,7 @@ def _counterexample(num: str, r: dict, kernels: dict, concurrency: bool) -> list
     out = sub(num, f"{shape.obligation(r).replace(':', ' / ')}: {shape.verdict(r)}")
     out += wrap(f"expected {r['expected']}: {r['reason']}", "    ")
     if r.get("note"):
-        out += wrap(r["note"], "    ")
+        out += wrap(f"found: {r['note']}", "    ")
     cmd = shape.concurrency_command(r) if concurrency else shape.prove_command(r)
     out += wrap_command(cmd, "    ")
     rp = shape.replay_command(r, kernels)
@@ -247,9 +247,9 @@ def _conformance(res: dict) -> list[str]:
 def _criu(res: dict) -> list[str]:
     if not res.get("criu"):
         return ["  No results: give the JSON of `vmaflags vm criu --json` in --results."]
-    out = ["  Per case and mode: PR_GET and AnonHugePages dumped > restored (after the lazy",
-           "  phase and two khugepaged scans), the model's AnonHugePages at that point, and",
-           "  whether the model's protocol predicted the whole restored state."]
+    out = ["  Per case and mode: PR_GET (get) and AnonHugePages dumped > restored (after the",
+           "  lazy phase and two khugepaged scans), the model's AnonHugePages at that point,",
+           "  and whether the model's protocol predicted the whole restored state."]
     for rep in res["criu"]:
         out += ["", *wrap(f"CRIU {rep.get('criu')} on Linux {rep.get('kernel')} "
                           f"({rep.get('source', 'live')})", "    ", first="  ")]
@@ -308,6 +308,11 @@ def text(res: dict[str, Any]) -> str:
                 "the syscall; under it the state after it: the return value, PR_GET (get), "
                 "and each VMA of the arena (vmas=), where", "  ")
     out += wrap(" ".join(LEGEND.split()), "  ")
+    out += [""] + wrap(f"Each trace is the one `{res.get('proofs_command')}` found.  `vmaflags "
+                       "prove --theorem T --era E` decides an obligation alone, and its trace "
+                       "can differ (the solver's choice depends on the obligations solved "
+                       "beside it); `vmaflags replay` runs the trace printed here, on a kernel "
+                       "and on the model.", "  ")
     for n, r in enumerate(shape.counterexamples(proofs), 1):
         out += _counterexample(f"3.{n}", r, kernels, False)
     out += heading("4", "Concurrency: interleavings under the kernel's locks")
