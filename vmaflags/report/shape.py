@@ -165,6 +165,13 @@ def kernel_rows(conf: list[dict]) -> list[dict]:
     return out
 
 
+def identified(k: dict) -> str:
+    """The era a kernel was identified as, and the one expected where they differ."""
+    if k["expected"] in ("-", k["identified"]):
+        return k["identified"]
+    return f"{k['identified']} (expected {k['expected']})"
+
+
 def matrix(conf: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Scenario names and, per kernel, each scenario's status (pass/diverge/skip/-)."""
     names = list(dict.fromkeys(s["name"] for k in conf for s in k.get("scenarios", [])))
@@ -173,6 +180,23 @@ def matrix(conf: list[dict]) -> tuple[list[str], list[list[str]]]:
         by = {s["name"]: s["status"] for s in k.get("scenarios", [])}
         cols.append([by.get(n, "-") for n in names])
     return names, cols
+
+
+def divergences(conf: list[dict]) -> list[dict]:
+    """Every divergence of the runs (scenarios and random sequences): where kernel and model
+    part, with the script (driver.Divergence.as_dict)."""
+    out = []
+    for i, k in enumerate(conf, 1):
+        found = [(s["name"], s["divergence"]) for s in k.get("scenarios", [])
+                 if s["status"] == "diverge" and s.get("divergence")]
+        found += [("random sequence", d) for d in (k.get("random") or {}).get("divergences", [])]
+        for name, d in found:
+            out.append({"kernel": f"K{i}", "spec": k.get("spec") or "host", "name": name,
+                        "step": d.get("step"), "syscall": d.get("syscall"),
+                        "differ": ", ".join(d.get("differ") or []), "model": d.get("model"),
+                        "kernel_line": d.get("kernel"), "sysfs": d.get("sysfs"),
+                        "script": d.get("script", "")})
+    return out
 
 
 MARK = {"pass": "ok", "diverge": "DIV", "skip": "skip", "-": "-"}

@@ -21,9 +21,13 @@ def table_groups(head: list[str], rows: list[list[str]], indent: str = "",
     rows = [[str(x) for x in r] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *(r for r in rows if len(r) > 1))]
     over = len(indent) + sum(widths) + 2 * (len(widths) - 1) - WIDTH
-    if over > 0:
-        c = widths.index(max(widths)) if wrap_col is None else wrap_col
-        widths[c] = max(8, widths[c] - over)
+    order = ([wrap_col] if wrap_col is not None else []) + sorted(
+        range(len(widths)), key=lambda c: -widths[c])
+    for c in order:
+        cut = min(over, widths[c] - 8)
+        if cut > 0:
+            widths[c] -= cut
+            over -= cut
     out = []
     for r in [head, ["-" * w for w in widths], *rows]:
         if len(r) == 1:
@@ -225,14 +229,15 @@ def _conformance(res: dict) -> list[str]:
         return ["  No conformance results: run without --no-live, or give saved JSON of",
                 "  `vmaflags conform --json`, `vm run --json` or `vm matrix --json` in --results."]
     ks = shape.kernel_rows(conf)
-    out = table(["", "kernel", "identified", "expected", "scen.", "random/div", "ksft", ""],
-                [[f"K{i}", k["spec"], k["identified"], k["expected"],
-                  f"{k['scenarios']}/{k['of']}", f"{k['random']}/{k['divergences']}",
-                  k["selftests"], k["status"]] for i, k in enumerate(ks, 1)], "  ")
+    out = table(["", "kernel", "era identified", "scen.", "random/div", "ksft", ""],
+                [[f"K{i}", k["spec"], shape.identified(k), f"{k['scenarios']}/{k['of']}",
+                  f"{k['random']}/{k['divergences']}", k["selftests"], k["status"]]
+                 for i, k in enumerate(ks, 1)], "  ")
     out.append("")
     for i, k in enumerate(ks, 1):
         src = f" ({k['source']})" if k["source"] else ""
-        out += wrap(f"K{i}: {k['kernel'] or k['spec']}{src}", "      ", first="  ")
+        seed = f", seed {k['seed']}" if k["seed"] is not None else ""
+        out += wrap(f"K{i}: {k['kernel'] or k['spec']}{src}{seed}", "      ", first="  ")
         if k["note"]:
             out += wrap(k["note"], "      ")
     names, cols = shape.matrix(conf)
@@ -241,6 +246,13 @@ def _conformance(res: dict) -> list[str]:
         out += table(["scenario", *(f"K{i}" for i in range(1, len(cols) + 1))],
                      [[n, *(shape.MARK[c[j]] for c in cols)] for j, n in enumerate(names)],
                      "  ")
+    for d in shape.divergences(conf):
+        out += ["", *wrap(f"{d['kernel']} ({d['spec']}) {d['name']}, sysfs {d['sysfs']}: step "
+                          f"{d['step']} `{d['syscall']}`, {d['differ']} differ", "    ",
+                          first="  ")]
+        out += [Q + ln for ln in d["script"].strip().split("\n") if not ln.startswith("#")]
+        out += state_lines(f"model:  {d['model']}", "    ")
+        out += state_lines(f"kernel: {d['kernel_line']}", "    ")
     return out
 
 
