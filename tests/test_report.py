@@ -3,7 +3,8 @@ renders in a real browser; the restore timelines are the protocols' own steps; t
 give the same bytes.  The results are real: a few obligations proved here, the concurrency
 theorems of one era, and the saved JSON of real runs (tests/data/report/: `vmaflags vm matrix
 --examples 100 --seed 7 --json` -- this machine and the five test VMs, with a divergence on
-Debian's 6.12 -- and `vmaflags vm criu --json`, CRIU 3.17 on Debian's 6.1)."""
+Debian's 6.12 --, `vmaflags vm criu --json`, CRIU 3.17 on Debian's 6.1, and `vmaflags stress
+--tries 50 --seconds 5 --json` on this machine)."""
 from __future__ import annotations
 
 import copy
@@ -154,6 +155,12 @@ def test_saved_results_are_recognised_with_their_commands(res):
     (rep,) = res["criu"]
     assert rep["command"].startswith("vmaflags vm criu --kernel debian-")
     assert len(shape.criu_rows(rep)) == len(rep["cases"])
+    (st,) = res["stress"]
+    assert st["command"] == "vmaflags stress --tries 50 --json"
+    txt = text.text(res)
+    for race in st["races"]:
+        assert re.search(rf"\n  {race['race']} +{race['model'] or 'control'} +{race['tries']} ", txt)
+    assert "khugepaged-fault-sigbus@always" in txt and "DIV" in txt  # Debian 6.12's
 
 
 @pytest.mark.parametrize("files, message", [
@@ -229,7 +236,8 @@ def test_html_renders_in_a_browser(out, res, tmp_path):
             shape.is_trace(r["counterexample"])
             for r in shape.counterexamples(res["proofs"] + res["concurrency"]))
         assert page.locator("table.restore").count() == len(timeline.timelines())
-        for sel in ("#grid", "#verdicts", "#kernels", "#scenarios", "table.criu"):
+        for sel in ("#grid", "#verdicts", "#kernels", "#scenarios", "table.criu",
+                    "table.races", "table.divergence"):
             box = page.locator(sel).first.bounding_box()
             assert box and box["width"] > 100 and box["height"] > 20, sel
         first = page.locator("#verdicts tr").nth(1).locator("td")

@@ -169,8 +169,9 @@ def report(out: Path = typer.Option(..., "--out", help="directory for the report
                                   saved=found)
         progress("writing the report", 0, 1)
         out.mkdir(parents=True, exist_ok=True)
-        files = render.write(res, out)
+        # first: what was collected survives a failure to render
         (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+        files = render.write(res, out)
     except KeyboardInterrupt:
         fail("interrupted", 130)
     except OSError as e:

@@ -7,6 +7,7 @@ scripts are written as replay files (replay/, for `vmaflags replay`).
 """
 from __future__ import annotations
 
+import copy
 import pathlib
 import re
 from typing import Any
@@ -44,6 +45,7 @@ def _trace_md(r: dict, concurrency: bool, kernels: dict) -> str:
 
 
 def _context(res: dict) -> dict[str, Any]:
+    res = copy.deepcopy(res)
     for r in res["proofs"] + res["concurrency"]:
         r["ok"] = r["verdict"] == r["expected"]
     kernels = res.get("replay_kernels") or {}

@@ -117,7 +117,9 @@ def add(name: str, doc: Any, out: dict[str, list]) -> None:
     elif k == "criu":
         out["criu"].append({**doc, **src, "command": criu_command(doc)})
     elif k == "stress":
-        out["stress"].append({**doc, **src, "command": "vmaflags stress --json"})
+        tries = max((r.get("tries", 0) for r in doc["races"]), default=0)
+        out["stress"].append({**doc, **src, "command": "vmaflags stress"
+                              + (f" --tries {tries}" if tries else "") + " --json"})
     else:
         raise BadResults(f"{name}: not the JSON of vmaflags prove, conform, vm run, vm matrix, "
                          "vm criu or stress" + (" (a report's results.json: use --from)"
