@@ -77,7 +77,11 @@ def test_txt_tables_come_from_the_results(res):
     line2 = _row_line(txt2, "prctl-transparent", "def-flags")
     assert "PROVED" in line2 and "induction [9x9]" in line2 and "12.34" in line2
     assert "prctl-transparent:def-flags: proved, expected refuted" in txt2
-    # every obligation and every kernel of the saved runs is in the text
+    # each theorem's statement, every obligation and every kernel of the saved runs
+    from vmaflags.proofs.theorems import THEOREMS
+    flat = " ".join(txt.split())
+    for tid in {x["theorem"] for x in res["proofs"]}:
+        assert f"{tid}: {THEOREMS[tid].statement}" in flat
     for x in res["proofs"] + res["concurrency"]:
         assert x["method"].split(" [")[0] in txt
     for k in shape.kernel_rows(res["conformance"]):

@@ -128,6 +128,18 @@ def stress(tries: int, seconds: float, progress: Progress) -> dict:
             "races": [{**asdict(o), "verdict": o.verdict} for o in outcomes]}
 
 
+def statements() -> dict[str, str]:
+    """Each theorem's statement: the catalogue's, and the concurrency theorems' docstrings
+    (their first paragraph)."""
+    from vmaflags.proofs import concurrency as C
+    from vmaflags.proofs.theorems import THEOREMS
+
+    out = {t.id: t.statement for t in THEOREMS.values()}
+    for tid, f in C.THEOREMS.items():
+        out[tid] = " ".join((f.__doc__ or "").split("\n\n")[0].split())
+    return out
+
+
 def replay_kernels() -> dict[str, str | None]:
     """Per era, where its counterexamples can be replayed: "" this machine, a test VM's SPEC,
     or None (no kernel of the era here)."""
@@ -179,6 +191,7 @@ def collect(progress: Progress, *, live: bool = True, examples: int = 200,
     res["conformance"] = conf + saved.get("conformance", [])
     res["criu"] = saved.get("criu", [])
     res["stress"] = ([stress(tries, seconds, progress)] if live else []) + saved.get("stress", [])
+    res["statements"] = statements()
     res["replay_kernels"] = replay_kernels()
     res["not_modelled"] = not_modelled()
     return res

@@ -157,6 +157,14 @@ def _detail(rows: list[dict]) -> list[str]:
     return out
 
 
+def _statements(res: dict, rows: list[dict]) -> list[str]:
+    out = []
+    for tid in dict.fromkeys(r["theorem"] for r in rows):
+        if tid in res.get("statements", {}):
+            out += ["", *wrap(f"{tid}: {res['statements'][tid]}", "      ", first="  ")]
+    return out
+
+
 def _unexpected(rows: list[dict]) -> list[str]:
     out = []
     for r in rows:
@@ -308,6 +316,7 @@ def text(res: dict[str, Any]) -> str:
                 "with its bound ([PxC]: every state of P PMDs of C cells; [n steps, PxC]: the "
                 "shortest counterexample within n steps; unbounded: an argument, below); s: "
                 "seconds to decide it.", "  ")
+    out += _statements(res, proofs)
     out += [""] + ["  " + ln for ln in _verdicts(proofs, eras)]
     out += [""] + _detail(proofs)
     out += _unexpected(proofs)
@@ -328,6 +337,7 @@ def text(res: dict[str, Any]) -> str:
     for n, r in enumerate(shape.counterexamples(proofs), 1):
         out += _counterexample(f"3.{n}", r, kernels, False)
     out += heading("4", "Concurrency: interleavings under the kernel's locks")
+    out += _statements(res, conc)
     out += [""] + _detail(conc) + _unexpected(conc)
     for n, r in enumerate(shape.counterexamples(conc), 1):
         out += _counterexample(f"4.{n}", r, kernels, True)
