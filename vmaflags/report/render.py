@@ -73,7 +73,8 @@ def _env(autoescape: bool) -> jinja2.Environment:
         prove_command=shape.prove_command, concurrency_command=shape.concurrency_command,
         replay_command=shape.replay_command, arguments=shape.arguments,
         kernel_rows=shape.kernel_rows, matrix=shape.matrix, criu_rows=shape.criu_rows,
-        race_rows=shape.race_rows, cex=shape.counterexamples, divergences=shape.divergences, css_class=svg.css_class,
+        race_rows=shape.race_rows, cex=shape.counterexamples, divergences=shape.divergences,
+        skips=shape.skips, css_class=svg.css_class,
         timeline_svg=lambda t: Markup(svg.timeline(t)))
     return env
 

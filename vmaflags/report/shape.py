@@ -187,16 +187,22 @@ def divergences(conf: list[dict]) -> list[dict]:
     part, with the script (driver.Divergence.as_dict)."""
     out = []
     for i, k in enumerate(conf, 1):
-        found = [(s["name"], s["divergence"]) for s in k.get("scenarios", [])
-                 if s["status"] == "diverge" and s.get("divergence")]
+        found = [(s["name"], s.get("divergence") or {"reason": s.get("reason", "")})
+                 for s in k.get("scenarios", []) if s["status"] == "diverge"]
         found += [("random sequence", d) for d in (k.get("random") or {}).get("divergences", [])]
         for name, d in found:
             out.append({"kernel": f"K{i}", "spec": k.get("spec") or "host", "name": name,
                         "step": d.get("step"), "syscall": d.get("syscall"),
                         "differ": ", ".join(d.get("differ") or []), "model": d.get("model"),
                         "kernel_line": d.get("kernel"), "sysfs": d.get("sysfs"),
-                        "script": d.get("script", "")})
+                        "script": d.get("script", ""), "reason": d.get("reason", "")})
     return out
+
+
+def skips(conf: list[dict]) -> list[tuple[str, str, str]]:
+    """(K#, scenario, why) for every scenario a run skipped."""
+    return [(f"K{i}", s["name"], s.get("reason", "")) for i, k in enumerate(conf, 1)
+            for s in k.get("scenarios", []) if s["status"] == "skip"]
 
 
 MARK = {"pass": "ok", "diverge": "DIV", "skip": "skip", "-": "-"}

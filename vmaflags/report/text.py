@@ -255,12 +255,21 @@ def _conformance(res: dict) -> list[str]:
                      [[n, *(shape.MARK[c[j]] for c in cols)] for j, n in enumerate(names)],
                      "  ")
     for d in shape.divergences(conf):
+        if d["reason"]:
+            out += ["", *wrap(f"{d['kernel']} ({d['spec']}) {d['name']}: {d['reason']}", "    ",
+                              first="  ")]
+            continue
         out += ["", *wrap(f"{d['kernel']} ({d['spec']}) {d['name']}, sysfs {d['sysfs']}: step "
                           f"{d['step']} `{d['syscall']}`, {d['differ']} differ", "    ",
                           first="  ")]
         out += [Q + ln for ln in d["script"].strip().split("\n") if not ln.startswith("#")]
         out += state_lines(f"model:  {d['model']}", "    ")
         out += state_lines(f"kernel: {d['kernel_line']}", "    ")
+    skipped = shape.skips(conf)
+    if skipped:
+        out += ["", "  Skipped:"]
+        for kn, name, why in skipped:
+            out += wrap(f"{kn} {name}: {why}", "      ", first="    ")
     return out
 
 
