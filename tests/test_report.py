@@ -163,7 +163,8 @@ def test_saved_results_are_recognised_with_their_commands(res):
     assert st["command"] == "vmaflags stress --tries 50 --json"
     txt = text.text(res)
     for race in st["races"]:
-        assert re.search(rf"\n  {race['race']} +{race['model'] or 'control'} +{race['tries']} ", txt)
+        model = race["model"] or "control"
+        assert re.search(rf"\n  {race['race']} +{model} +{race['tries']} ", txt)
     assert "khugepaged-fault-sigbus@always" in txt and "DIV" in txt  # Debian 6.12's
 
 
