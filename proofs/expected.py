@@ -134,8 +134,9 @@ PROTOCOL_ORDER = tuple(_RESTORE)
 # the kernels real CRIU showed each refutation of the shipped protocols on (`vmaflags vm criu`,
 # conformance/vm/README.md findings 3-5; Debian 6.1 and 6.12), clr-2017 in mmf-clr, and
 # 3.19-plain, whose registration verdict depends on the era, in its three eras.  Run in every
-# era of the restore rows above, the other protocols gave the verdicts of their mmf rows
-# (proofs/README.md); they are left out to keep `vmaflags prove` within its time.
+# era of the restore rows above where their restores complete, the other protocols gave the
+# verdicts of their mmf rows (proofs/README.md); they are left out to keep `vmaflags prove`
+# within its time.
 _COPY = "UFFDIO_COPY installs PTEs, never a PMD (mfill_atomic)"
 _PARENT = "the parent's pages are written under prctl(1), the rest by UFFDIO_COPY"
 _NH_FIRST = "the pages are written under nh, the rest by UFFDIO_COPY"
