@@ -146,6 +146,11 @@ HEAD = r"""#define _GNU_SOURCE
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
+#if !defined(__NR_memfd_create) && defined(__x86_64__)
+#define __NR_memfd_create 319
+#elif !defined(__NR_memfd_create) && defined(__aarch64__)
+#define __NR_memfd_create 279
+#endif
 
 /* The arena: @ARENA@ PMD blocks at executor.c's fixed, PMD-aligned address (below the heap,
  * libraries and stack). */
@@ -481,6 +486,11 @@ static long vf_touch(unsigned long off, unsigned long len)
 #endif
 #ifndef UFFDIO_REGISTER_MODE_WP
 #define UFFDIO_REGISTER_MODE_WP ((__u64)1 << 1)
+#endif
+#if !defined(__NR_userfaultfd) && defined(__x86_64__)
+#define __NR_userfaultfd 323
+#elif !defined(__NR_userfaultfd) && defined(__aarch64__)
+#define __NR_userfaultfd 282
 #endif
 
 static int vf_uffd_try(int flags, __u64 features)
@@ -1179,7 +1189,8 @@ static int vf_run(struct __test_metadata *_metadata,
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }""")
     out.append("\n".join(_processes(p, kself=True)))
-    body = ["", f"TEST({test})", "{", "\tchar why[256], buf[64];", "\tpid_t keeper;",
+    body = ["", f"TEST({test})", "{", "\tchar why[256]" + (", buf[64];" if p.facts else ";"),
+            "\tpid_t keeper;",
             "\tint status;", "",
             "\tif (vf_sysfs_differs(why, sizeof(why)))", "\t\tSKIP(return, \"%s\", why);",
             "\tASSERT_EQ(0, vf_records());", "\tkeeper = vf_keeper();"]
