@@ -15,7 +15,7 @@ import textwrap
 
 from vmaflags.model.errno import SIGBUS, SIGSEGV
 from vmaflags.model.observe import Observation
-from vmaflags.model.syscalls import (ADVICE_NAMES, MADV_CLR_HUGEPAGE, Execve, Fork, Khugepaged,
+from vmaflags.model.syscalls import (MADV_CLR_HUGEPAGE, Execve, Fork, Khugepaged,
                                      Madvise, Mmap, Munmap, PrctlGet, PrctlSet, Syscall, Touch,
                                      UffdClose, UffdCopy, UffdRegister, UffdUnregister)
 
@@ -989,8 +989,8 @@ static long vf_execve(int process, int part)
 """
 
 
-def _step_c(p: Program, c: Check, checks: dict[tuple[str, str], Check], indent: str,
-            kself: bool, segment: int, procno: int) -> list[str]:
+def _step_c(c: Check, checks: dict[tuple[str, str], Check], indent: str, kself: bool,
+            segment: int, procno: int) -> list[str]:
     """The C of one check: perform the step (not for a fork child: its parent's step does),
     then compare the observation."""
     sc = c.step
@@ -998,7 +998,7 @@ def _step_c(p: Program, c: Check, checks: dict[tuple[str, str], Check], indent: 
     if isinstance(sc, Fork):
         child = checks[(c.process, c.label + "c")]
         out += [f"{indent}ret = fork();", f"{indent}if (ret == 0) {{"]
-        out += _compare(child, 0, indent + "\t", kself, "0")
+        out += _compare(child, indent + "\t", kself, "0")
         out += [f"{indent}\t_exit(0);", f"{indent}}}"]
         if kself:
             out += [f"{indent}ASSERT_LE(0, ret);",
@@ -1008,19 +1008,20 @@ def _step_c(p: Program, c: Check, checks: dict[tuple[str, str], Check], indent: 
             out += [f"{indent}if (ret > 0)",
                     f"{indent}\tret = waitpid(ret, NULL, 0) < 0 ? -errno : 0;",
                     f"{indent}else if (ret < 0)", f"{indent}\tret = -errno;"]
-        out += _compare(c, 0, indent, kself, "ret")
+        out += _compare(c, indent, kself, "ret")
         return out
     if isinstance(sc, Execve):
         out += [f"{indent}ret = vf_execve({procno}, {segment + 1}); /* only on failure */"]
-        return out + _compare(c, 0, indent, kself, "ret")
+        return out + _compare(c, indent, kself, "ret")
     out += [f"{indent}ret = {call(sc)};"]
     if isinstance(sc, Khugepaged):
         out += [f"{indent}if (ret == -ETIMEDOUT) /* inconclusive, not a difference */",
                 f"{indent}\t_exit(4);"]
-    return out + _compare(c, 0, indent, kself, "ret")
+    return out + _compare(c, indent, kself, "ret")
 
 
-def _compare(c: Check, _: int, indent: str, kself: bool, ret: str) -> list[str]:
+def _compare(c: Check, indent: str, kself: bool, ret: str) -> list[str]:
+    """Observe after the step and compare with the model: a vf_check() or ASSERTs."""
     w = c.want
     vmas = c_str(",".join(v.text() for v in w.vmas))
     if not kself:
@@ -1042,32 +1043,38 @@ def _processes(p: Program, kself: bool) -> list[str]:
     for k, proc in enumerate(p.processes):
         parts = _segments(p, proc.name)
         for s, part in enumerate(parts):
-            fn = ident(proc.name) + (f"_{s}" if len(parts) > 1 else "")
+            fn = function(proc.name, s if len(parts) > 1 else None)
             own = [c for c in part if not c.label.endswith("c")]
+            again = own[:1] if s else []  # the new image reports the execve step itself
+            own = own[len(again):]
             head = ("static void %s(struct __test_metadata *_metadata)" if kself
                     else "static void %s(void)") % fn
             out += ["", f"/* process {proc.name!r}" + (f", part {s + 1}" if s else "")
                     + (f": checks {part[0].number}-{part[-1].number} */" if part else " */"),
                     head, "{"]
-            decl = ["\tlong ret;"] if any(c.step is not None for c in own) or s else []
+            decl = ["\tlong ret;"] if any(c.step is not None for c in own) else []
             if kself:
                 decl = ["\tstruct vf_obs *o;"] + decl + (
                     ["\tint status;"] if any(isinstance(c.step, Fork) for c in own) else [])
             out += decl + ([""] if decl else [])
-            if s and own:  # the new image reports the execve step itself
-                out += [f"\t/* {own[0].label}. {own[0].step.text()}: this image */"]
-                out += _compare(own[0], 0, "\t", kself, "0")
-                own = own[1:]
+            for c in again:
+                out += [f"\t/* {c.label}. {c.step.text()}: this image */"]
+                out += _compare(c, "\t", kself, "0")
             for c in own:
                 if c.step is None:
                     out += ["\t/* no step: a fresh process */"]
-                    out += _compare(c, 0, "\t", kself, "0")
+                    out += _compare(c, "\t", kself, "0")
                 else:
-                    out += _step_c(p, c, checks, "\t", kself, s, k)
+                    out += _step_c(c, checks, "\t", kself, s, k)
             if proc.name in p.probes:
                 out += [f"\tvf_fresh({p.probes[proc.name]});"]
             out += ["}"]
     return out
+
+
+def function(process: str, part: int | None = None) -> str:
+    """The C function that runs a process (part `part` of it, between execve steps)."""
+    return "process_" + ident(process) + ("" if part is None else f"_{part}")
 
 
 def kselftest_name(p: Program) -> str:
@@ -1109,7 +1116,7 @@ def standalone(p: Program) -> str:
                  "\t\tif (vf_rec == MAP_FAILED || vf_setup_arena())", "\t\t\treturn 3;"]
         for k, s in parts:
             if s:
-                fn = f"{ident(p.processes[k].name)}_{s}"
+                fn = function(p.processes[k].name, s)
                 body += [f"\t\tif (proc == {k} && part == {s})", f"\t\t\t{fn}();"]
         body += ["\t\treturn 0;", "\t}"]
     else:
@@ -1117,7 +1124,7 @@ def standalone(p: Program) -> str:
     body += ["\tif (vf_sysfs_differs(why, sizeof(why))) {",
              "\t\tvf_print(\"KTAP version 1\\n1..0 # SKIP %s\\n\", why);", "\t\treturn 4;",
              "\t}",
-             f"\tif (vf_records()) {{",
+             "\tif (vf_records()) {",
              "\t\tfprintf(stderr, \"cannot map the shared records: %s\\n\", strerror(errno));",
              "\t\treturn 1;", "\t}",
              f"\tvf_print(\"KTAP version 1\\n1..{total}\\n\");",
@@ -1127,7 +1134,7 @@ def standalone(p: Program) -> str:
              "\tkeeper = vf_keeper();"]
     for proc in p.processes:
         mine = p.steps(proc.name)
-        fn = ident(proc.name) + ("_0" if len(_segments(p, proc.name)) > 1 else "")
+        fn = function(proc.name, 0 if len(_segments(p, proc.name)) > 1 else None)
         body.append(f"\tvf_run({c_str(proc.name)}, {fn}, {mine[0].number}, {mine[-1].number});")
     body += ["\tvf_keeper_stop(keeper);"]
     for n, f in enumerate(p.facts, len(p.checks) + 1):
@@ -1195,7 +1202,7 @@ static int vf_run(struct __test_metadata *_metadata,
             "\tif (vf_sysfs_differs(why, sizeof(why)))", "\t\tSKIP(return, \"%s\", why);",
             "\tASSERT_EQ(0, vf_records());", "\tkeeper = vf_keeper();"]
     for proc in p.processes:
-        body += [f"\tstatus = vf_run(_metadata, {ident(proc.name)});",
+        body += [f"\tstatus = vf_run(_metadata, {function(proc.name)});",
                  "\tif (status == KSFT_SKIP) {", "\t\tvf_keeper_stop(keeper);",
                  "\t\tSKIP(return, \"khugepaged did not finish two full scans in time\");",
                  "\t}", "\tASSERT_EQ(0, status);"]
