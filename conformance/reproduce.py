@@ -1,7 +1,8 @@
 """`vmaflags reproduce`: a proof's counterexample as C programs that run it on a kernel.
 
-The obligation is solved as `vmaflags prove` solves it (proofs.command.run: same worker, same
-trace, byte for byte); its trace is split into processes (`#! process:` sections, replay.py),
+The obligation is solved as `vmaflags prove` solves it (proofs.command.run, in the batch of
+obligations prove gives the same worker: the trace `prove` and `prove --era` print, byte for
+byte); its trace is split into processes (`#! process:` sections, replay.py),
 and every step's observation is predicted by the model's concrete interpreter
 (driver.run_model) for the era.  reproduce_c.py renders those steps and predictions as C: a
 standalone program with KTAP output, and a kselftest_harness.h test.  The theorem's
@@ -174,9 +175,12 @@ def row(theorem: str, era_key: str, protocol: str | None):  # -> proofs.command.
         what = ":".join(filter(None, (theorem, protocol)))
         raise ReproduceError(f"{what} has no row in era {era_key}; its eras: "
                              f"{', '.join(rows)}")
-    jobs = [j for j in obligations([theorem], [era_by_id(base)]) if j == (theorem, protocol,
-                                                                          era_key)]
-    (r,) = run(jobs, show_progress=False)
+    # The obligations `vmaflags prove` solves in one worker with this one (the same protocol
+    # and era: proofs.command.run), in its order: Z3's choices follow the terms it has seen,
+    # so this is the batch that gives the trace `prove` (and `prove --era`) prints.
+    batch = [j for j in obligations(None, [era_by_id(base)]) if j[1:] == (protocol, era_key)]
+    r = next(x for x in run(batch, show_progress=False)
+             if (x.theorem, x.protocol, x.era) == (theorem, protocol, era_key))
     cex = r.counterexample
     if r.verdict not in ("refuted", "aborted") or not cex:
         raise ReproduceError(f"{r.name} is {r.verdict}: no counterexample to reproduce"
