@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import json
 import os
 import pathlib
 import re
@@ -116,39 +117,58 @@ def test_bad_input_is_one_line_and_exit_2(args, msg):
     assert r.stdout == "" and r.stderr.count("\n") == 1 and msg in r.stderr, r.stderr
 
 
-def test_out_writes_both_files(tmp_path):
-    r = subprocess.run([EXE, "reproduce", "prctl-transparent", "--era", "def-flags",
-                        "--out", str(tmp_path / "out")], capture_output=True, text=True,
-                       timeout=600)
+def cli(*args: str) -> str:
+    r = subprocess.run([EXE, "reproduce", *args], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    files = sorted(pathlib.Path(f).name for f in r.stdout.split())
-    assert files == ["prctl-transparent-def-flags.c", "vmaflags_prctl_transparent_def_flags.c"]
-    assert (tmp_path / "out" / files[0]).read_text() == reproduce_c.standalone(
-        program("prctl-transparent", "def-flags", None))
+    return r.stdout
+
+
+def test_the_same_command_gives_the_same_bytes(tmp_path):
+    """Each run a fresh process, as a reader of the mail runs it; --out writes the same
+    program and the kselftest beside it."""
+    args = ["prctl-transparent", "--era", "def-flags"]
+    first = cli(*args)
+    assert cli(*args) == first
+    files = sorted(pathlib.Path(f) for f in cli(*args, "--out", str(tmp_path / "o")).split())
+    assert [f.name for f in files] == ["prctl-transparent-def-flags.c",
+                                       "vmaflags_prctl_transparent_def_flags.c"]
+    assert files[0].read_text() == first
+    assert "\nTEST(prctl_transparent_def_flags)\n" in files[1].read_text()
+
+
+def test_the_trace_is_the_one_prove_prints():
+    """The row's batch as `vmaflags prove --era` solves it (`prove --theorem
+    no-collapse-window` alone finds another trace here: PMD 0, no khugepaged step).  Both from
+    fresh processes: a worker's choices follow the Z3 terms its parent made before the fork,
+    so inside this test run the API may find yet another."""
+    from vmaflags.conformance.replay import from_counterexample
+
+    r = subprocess.run([EXE, "prove", "--era", "def-flags", "--json"], capture_output=True,
+                       text=True, timeout=600)
+    (want,) = [x for x in json.loads(r.stdout)["results"]
+               if (x["theorem"], x["protocol"]) == ("no-collapse-window", "naive")]
+    assert want["counterexample"][-1]["syscall"] == "khugepaged 0"
+    trace = from_counterexample("no-collapse-window:naive:def-flags", want["counterexample"])
+    src = cli("no-collapse-window", "--era", "def-flags", "--protocol", "naive")
+    assert "\n".join(f" *   {ln}" for ln in trace.rstrip("\n").split("\n")) in src
+    assert f"Verdict: refuted, bounded [2x2]: {want['note']}." in src
 
 
 # --- what is generated ---------------------------------------------------------------------
-
-def test_the_same_command_gives_the_same_bytes():
-    a = reproduce_c.standalone(reproduce.build(reproduce.row(*LOSS)))
-    b = reproduce_c.standalone(program(*LOSS))
-    assert a == b
-
 
 def test_every_expected_value_is_the_models():
     """The checks are the interpreter's observations of the solver's trace (the proof's own
     replay), and the refutation of the CRIU row is what the solver said differs."""
     r, p = solved(*LOSS), program(*LOSS)
-    own = [c.want.text() for c in p.checks]
-    assert own == [s["observation"] for s in r.counterexample]
-    assert r.v.note == "differs in get"
-    (fact,) = p.facts
-    assert [(t.prop, t.want) for t in fact.terms] == [("get", "3"), ("get", "1")]
+    assert [c.want.text() for c in p.checks] == [s["observation"] for s in r.counterexample]
+    assert "get" in r.v.note.removeprefix("differs in ").split(", ")
+    get = next(f for f in p.facts if f.terms[0].prop == "get")
+    assert [t.want for t in get.terms] == ["3", "1"]
     src = reproduce_c.standalone(p)
     for c in p.checks:  # each step performed and checked, in order
         assert f"vf_check({c.number}, ret, " in src
     assert src.count("vf_check(") == len(p.checks) + 1  # + its definition
-    assert "#define THP_MODE \"never\"" in src and "#define MADV_CLR_HUGEPAGE 26" in src
+    assert f'#define THP_MODE "{p.sysfs}"' in src and "#define MADV_CLR_HUGEPAGE 26" in src
 
 
 @pytest.mark.parametrize("key", ROWS, ids=lambda k: ":".join(filter(None, k)))
@@ -202,17 +222,25 @@ def ktap(out: str) -> tuple[list[str], list[str]]:
             [ln for ln in lines if ln.startswith("not ok ")])
 
 
+def other_mode(mode: str) -> str:
+    return "madvise" if mode != "madvise" else "never"
+
+
 @needs_guard
 def test_the_criu_3_19_except_advised_loss_on_this_kernel(tmp_path):
-    """CRIU 3.19 restores PR_GET 3 (EXCEPT_ADVISED) as 1, here as in the model."""
+    """CRIU 3.19 restores PR_GET 3 (EXCEPT_ADVISED) as 1, here as in the model; the program
+    runs under the THP mode its trace names, set through the sysfs guard."""
     p = program(*LOSS)
     exe = compile_c(reproduce_c.standalone(p), tmp_path / f"{p.slug}.c")
-    r = run(exe, "never")
+    r = run(exe, p.sysfs)
     assert r.returncode == 0, r.stdout + r.stderr
     ok, bad = ktap(r.stdout)
-    assert not bad and len(ok) == len(p.checks) + 1 == 12
-    assert ok[3] == "ok 4 step dump 4 prctl_set 1 2 0 0"
-    assert ok[-1] == "ok 12 refutation: PR_GET_THP_DISABLE: dumped 3, restored 1"
+    assert not bad and len(ok) == len(p.checks) + len(p.facts)
+    prctl = next(c for c in p.checks if c.process == "dump" and c.step is not None
+                 and c.step.text() == "prctl_set 1 2 0 0")
+    assert f"ok {prctl.number} step dump {prctl.label} prctl_set 1 2 0 0" in ok
+    assert any(ln.endswith(" refutation: PR_GET_THP_DISABLE: dumped 3, restored 1")
+               for ln in ok), r.stdout
     assert r.stdout.splitlines()[-1].startswith("# PASS")
 
 
@@ -224,11 +252,11 @@ def test_the_kselftest_runs_on_this_kernel(tmp_path):
     p = program(*LOSS)
     name = reproduce_c.kselftest_name(p)
     exe = compile_c(reproduce_c.kselftest(p), tmp_path / f"{name}.c", "-iquote", str(h / "mm"))
-    r = run(exe, "never")
+    r = run(exe, p.sysfs)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert f"ok 1 global.{reproduce_c.ident(p.slug)}" in r.stdout
-    r = run(exe, "madvise")  # the harness's SKIP (which its exit status counts as a pass)
-    assert "# SKIP THP enabled is [madvise]" in r.stdout and " skip:1 " in r.stdout, r.stdout
+    assert f"ok 1 global.{reproduce_c.ident(p.slug)}\n" in r.stdout
+    r = run(exe, other_mode(p.sysfs))  # the harness's SKIP (its exit status: a pass)
+    assert "# SKIP THP enabled is [" in r.stdout and " skip:1 " in r.stdout, r.stdout
 
 
 @needs_guard
@@ -237,11 +265,13 @@ def test_a_wrong_eras_prediction_fails_with_the_difference(tmp_path):
     PR_SET_THP_DISABLE(1, EXCEPT_ADVISED) is EINVAL; 6.18 takes it."""
     p = program(*LOSS, predict="mmf")
     exe = compile_c(reproduce_c.standalone(p), tmp_path / f"{p.slug}.c")
-    r = run(exe, "never")
+    r = run(exe, p.sysfs)
     assert r.returncode == 1, r.stdout + r.stderr
     ok, bad = ktap(r.stdout)
-    assert bad[0] == ("not ok 4 step dump 4 prctl_set 1 2 0 0 expected ret=-EINVAL get=0 got "
-                      "ret=0 get=3")
+    prctl = next(c for c in p.checks if c.process == "dump" and c.step is not None
+                 and c.step.text() == "prctl_set 1 2 0 0")
+    assert (f"not ok {prctl.number} step dump {prctl.label} prctl_set 1 2 0 0 expected "
+            "ret=-EINVAL get=0 got ret=0 get=3") in bad, r.stdout
     assert "# model:  ret=-EINVAL get=0 thp=1 vmas=" in r.stdout
     assert r.stdout.splitlines()[-1].startswith("# FAIL: ") and "era mmf (4.13-6.17)" in r.stdout
 
@@ -250,11 +280,12 @@ def test_a_wrong_eras_prediction_fails_with_the_difference(tmp_path):
 def test_another_thp_mode_is_a_skip(tmp_path):
     p = program(*LOSS)
     exe = compile_c(reproduce_c.standalone(p), tmp_path / f"{p.slug}.c")
-    r = run(exe, "madvise")
+    mode = other_mode(p.sysfs)
+    r = run(exe, mode)
     assert r.returncode == 4, r.stdout
-    assert r.stdout == ("KTAP version 1\n1..0 # SKIP THP enabled is [madvise], the trace runs "
-                        "under [never]; this program does not change it (as root: echo never "
-                        "> /sys/kernel/mm/transparent_hugepage/enabled)\n")
+    assert r.stdout == (f"KTAP version 1\n1..0 # SKIP THP enabled is [{mode}], the trace runs "
+                        f"under [{p.sysfs}]; this program does not change it (as root: echo "
+                        f"{p.sysfs} > /sys/kernel/mm/transparent_hugepage/enabled)\n")
 
 
 @needs_live
