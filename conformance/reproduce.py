@@ -150,7 +150,9 @@ class Program:
 # --- from a theorem to a trace ----------------------------------------------------------------
 
 def row(theorem: str, era_key: str, protocol: str | None):  # -> proofs.command.Row
-    """The obligation solved as `vmaflags prove` solves it; ReproduceError for bad input."""
+    """The obligation solved as `vmaflags prove` solves it; ReproduceError for bad input.
+    Called from a process that made Z3 terms before (a test run), the forked workers start
+    from another Z3 state and may find another counterexample of the same row."""
     from vmaflags.model.eras import era as era_by_id
     from vmaflags.proofs.command import obligations, run
     from vmaflags.proofs.expected import EXPECTED
