@@ -11,7 +11,7 @@ from the symbolic run the proof solves.  `run()` gives every pair to the kernel 
 printed what the model predicts and that the restore ends where the dump did, in what the
 theorem compares (PR_GET, and per VMA its range, hg/nh and THPeligible).
 
-    python -m vmaflags.conformance.restores --kernel def-flags-clr-6.12 --era def-flags-clr
+    vmaflags vm restores --kernel def-flags-clr-6.12 --era def-flags-clr
 
 Without --kernel it runs on this machine (root: it sets THP `enabled` through the sysfs guard;
 wrap it in `flock /run/vmaflags-live.lock`).  Exit 0 when every restore run is exact and the
@@ -20,7 +20,6 @@ a bad argument, 4 when it cannot run here (SKIP).
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 import time
@@ -145,29 +144,27 @@ def summary(o: Outcome) -> str:
     return what + f"{len(o.divergences)} divergences, {len(o.inexact)} restores not exact"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vmaflags.conformance.restores",
-                                 description=__doc__.split("\n\n")[0])
-    ap.add_argument("--kernel", help="a test VM's SPEC (vmaflags vm run); default this machine")
-    ap.add_argument("--era", required=True, choices=list(ERAS))
-    ap.add_argument("--protocol", default="clr-2017", choices=list(PROTOCOLS))
-    ap.add_argument("--every", type=int, default=1, help="run every N-th dump only")
-    a = ap.parse_args(argv)
-    if a.every < 1:
-        ap.error("--every must be >= 1")
-    era = ERAS[a.era]
-    if a.kernel is None:
+def command(spec: str | None, era: Era, protocol: str, every: int) -> int:
+    """`vmaflags vm restores`: run, print the summary and the first problems, exit status."""
+    if protocol not in PROTOCOLS:
+        print(f"vmaflags: unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}",
+              file=sys.stderr)
+        return 2
+    if every < 1:
+        print("vmaflags: --every must be >= 1", file=sys.stderr)
+        return 2
+    if spec is None:
         why = host.no_thp() or host.no_executor() or host.writable()
         if why:
             print(f"vmaflags: SKIP: {why}", file=sys.stderr)
             return 4
-        o = run(era, a.protocol, a.every)
+        o = run(era, protocol, every)
     else:
         from .vm import kernels
         from .vm.guest import Guest, VMError
         try:
-            kernels.resolve_name(a.kernel)
-            k = kernels.resolve(a.kernel)
+            kernels.resolve_name(spec)
+            k = kernels.resolve(spec)
         except ValueError as e:
             print(f"vmaflags: {e}", file=sys.stderr)
             return 2
@@ -181,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         try:
             with Guest(k) as g, host.use(g):
-                o = run(era, a.protocol, a.every)
+                o = run(era, protocol, every)
         except (VMError, driver.ExecutorError) as e:
             print(f"vmaflags: {str(e).splitlines()[0]}", file=sys.stderr)
             return 1
@@ -191,7 +188,3 @@ def main(argv: list[str] | None = None) -> int:
     for cex in o.inexact[:5]:
         print("not exact:", " / ".join(f"{s['process']}: {s['syscall']}" for s in cex))
     return 0 if o.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

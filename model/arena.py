@@ -147,11 +147,12 @@ def merges(B: Any, old: list[Cell], new: list[Cell], mod: list[Any], new_range: 
 
 
 def regroup(B: Any, st: State, cs: list[Cell], thp: list[Any], ptable: list[Any]) -> State:
-    """Put a flat cell list back into st's block shape (a freed PTE table is no longer COW)."""
+    """Put a flat cell list back into st's block shape (a PMD with neither a THP nor a PTE
+    table left has nothing write-protected)."""
     blocks, i = [], 0
     for k, b in enumerate(st.blocks):
         m = len(b.cells)
-        blocks.append(B.put(b, thp=thp[k], ptable=ptable[k], cow=B.and_(b.cow, ptable[k]),
+        blocks.append(B.put(b, thp=thp[k], ptable=ptable[k], cow=B.and_(b.cow, B.or_(ptable[k], thp[k])),
                             cells=tuple(cs[i:i + m])))
         i += m
     return B.put(st, blocks=tuple(blocks))

@@ -45,7 +45,7 @@ class Block(NamedTuple):
 
     thp: Any  # PMD-maps an anonymous THP (AnonHugePages)
     ptable: Any  # has a PTE page table (so pmd_none() is false)
-    cow: Any  # every present PTE was write-protected by fork and none written since
+    cow: Any  # fork write-protected the PMD THP or every present PTE, none written since
     cells: tuple[Cell, ...]
 
 

@@ -208,7 +208,8 @@ def madvise_collapse(B: Any, era: Era, st: State, a: Any, b: Any) -> tuple[Any, 
         done = B.and_(tried[k], ok[k], B.not_(before[first[k]]))
         blocks.append(B.put(
             blk, thp=B.or_(blk.thp, done), ptable=B.and_(blk.ptable, B.not_(done)),
-            cow=B.and_(blk.cow, B.not_(done)),
+            # a new THP is mapped writable; one that already was (SCAN_PMD_MAPPED) is as it was
+            cow=B.and_(blk.cow, B.not_(B.and_(done, B.not_(blk.thp)))),
             cells=tuple(B.put(c, pop=B.or_(c.pop, done)) for c in blk.cells)))
     return ret, B.put(st, blocks=tuple(blocks))
 
@@ -454,9 +455,13 @@ def fork(B: Any, era: Era, st: State) -> tuple[State, State]:
     """fork(): (parent, child).  The child's VMAs keep their boundaries, flags and THPs
     (dup_mmap copies VMA by VMA without merging; copy_huge_pmd) but lose uffd flags; its mm
     comes from rules.mm_init.  Both sides' present PTEs become write-protected for COW
-    (copy_present_pte), and stay so in the parent until written."""
+    (copy_present_pte), and so does a PMD-mapped THP (copy_huge_pmd: pmdp_set_wrprotect);
+    they stay so in the parent until written.  A write-protected PMD that is split later gives
+    write-protected PTEs (__split_huge_pmd_locked keeps pmd_write()), so `cow` survives the
+    split; a write into the THP after the child is gone reuses it (do_huge_pmd_wp_page)."""
     st = B.put(st, blocks=tuple(
-        B.put(blk, cow=B.or_(blk.cow, B.and_(blk.ptable, B.or_(*(c.pop for c in blk.cells)))))
+        B.put(blk, cow=B.or_(blk.cow, blk.thp,
+                             B.and_(blk.ptable, B.or_(*(c.pop for c in blk.cells)))))
         for blk in st.blocks))
     def dup(c: Cell) -> Cell:
         f = rules.dup_userfaultfd(B, c.flags)

@@ -65,7 +65,7 @@ def wellformed(st: State) -> Any:
         c += [z3.Implies(x.pop, z3.Or(blk.ptable, blk.thp)) for x in blk.cells]
         # a page table stays only while some VMA is in the PMD
         c += [z3.Implies(blk.ptable, z3.Or(*(x.mapped for x in blk.cells)))]
-        c += [z3.Implies(blk.cow, blk.ptable)]
+        c += [z3.Implies(blk.cow, z3.Or(blk.ptable, blk.thp))]
     for i, x in enumerate(cs):
         c += [x.start < x.end, x.av >= 0, x.av < st.next_av]
         c += [z3.Implies(z3.Not(x.mapped), z3.And(

@@ -87,8 +87,9 @@ def fork_and_exec(era: Era) -> Verdict:
     claims = [child.mm.registered == st.mm.registered, z3.Not(img.mm.registered)]
     for b0, bp, bc, bi in zip(st.blocks, parent.blocks, child.blocks, img.blocks):
         claims += [bc.thp == b0.thp, bp.thp == b0.thp, z3.Not(bi.thp), z3.Not(bi.ptable)]
-        # copy_present_pte() write-protects a present PTE in both (private COW mapping)
-        shared = z3.And(b0.ptable, z3.Or(*(c.pop for c in b0.cells)))
+        # copy_present_pte() write-protects a present PTE in both (private COW mapping),
+        # copy_huge_pmd() a PMD THP
+        shared = z3.Or(b0.thp, z3.And(b0.ptable, z3.Or(*(c.pop for c in b0.cells))))
         claims += [z3.Implies(shared, z3.And(bp.cow, bc.cow))]
         for c0, cp, cc, ci in zip(b0.cells, bp.cells, bc.cells, bi.cells):
             claims += [cp.start == c0.start, cc.start == c0.start, cc.end == c0.end,

@@ -236,6 +236,19 @@ def vm_criu(kernel: Optional[str] = typer.Option(
     raise typer.Exit(criu_run(kernel, criu, json_out))
 
 
+@vm_app.command("restores")
+def vm_restores(kernel: Optional[str] = typer.Option(
+                    None, "--kernel", help="a test VM's SPEC (default: this machine)"),
+                era: str = typer.Option(..., help="era whose proof's dumps are restored"),
+                protocol: str = typer.Option("clr-2017", help="restore protocol (proofs)"),
+                every: int = typer.Option(1, help="run every N-th dump only")) -> None:
+    """Every CRIU restore criu-restore-original quantifies over (each dump of its bound) on a
+    kernel and on the model: exit 0 iff the kernel agrees and every restore is exact."""
+    from vmaflags.conformance.restores import command
+
+    raise typer.Exit(command(kernel, eras_or_fail([era])[0], protocol, every))
+
+
 kernel_app = typer.Typer(no_args_is_help=True,
                          help="Build the test kernels of kernel-patch/ (cached).")
 app.add_typer(kernel_app, name="kernel")
