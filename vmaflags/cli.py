@@ -113,6 +113,22 @@ def replay(script: str = typer.Argument(..., help="replay file (a script, or `#!
 
 
 @app.command()
+def reproduce(theorem: str = typer.Argument(..., help="theorem id (vmaflags prove)"),
+              era: str = typer.Option(..., "--era", help="era id, or era@kernel as prove "
+                                      "prints it"),
+              protocol: Optional[str] = typer.Option(None, "--protocol",
+                                                     help="restore protocol (CRIU theorems)"),
+              out: Optional[Path] = typer.Option(
+                  None, "--out", help="write the standalone program and the kselftest here "
+                  "(default: the standalone program on stdout)")) -> None:
+    """A refuted obligation's counterexample as C: a standalone program and a
+    kselftest_harness.h test that run it on a kernel and check what the model predicts."""
+    from vmaflags.conformance.reproduce import command
+
+    raise typer.Exit(command(theorem, era, protocol, None if out is None else str(out)))
+
+
+@app.command()
 def stress(tries: int = typer.Option(500, help="tries per race (each in a fresh process)"),
            seconds: float = typer.Option(20.0, help="time limit per race"),
            json_out: bool = typer.Option(False, "--json", help="JSON on stdout")) -> None:
