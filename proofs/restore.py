@@ -23,12 +23,13 @@ from vmaflags.model.observe import observe, vma_fact
 from vmaflags.model.state import Mm, State, cells, empty_state, hole
 from vmaflags.model.syscalls import (MADV_COLLAPSE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, PAGE,
                                      PMD_PAGES, Khugepaged, Madvise, Mmap, PrctlSet, Syscall,
-                                     Touch)
+                                     Touch, parse_step)
 
 from . import engine as E
 from .protocols import PROTOCOLS, Restore, pr_get
 from .states import era_mm, era_modes, sane, vm_flags
-from .verdict import Verdict, coverage, replay, sat_or_vacuous, shape_text
+from .verdict import (Verdict, count, coverage, final, minimal_model, observed, replay,
+                      sat_or_vacuous, shape_text, vma_difference)
 
 CRIU_SHAPE = (2, 2)
 
@@ -148,7 +149,7 @@ def _observed(line: str, names: tuple[str, ...]) -> tuple:
 
 def _dump_script(era: Era, dump: State, m: z3.ModelRef) -> list[Syscall]:
     """A script that builds the dumped process (for replay on a kernel): its VMAs, their
-    advice, its present pages, then its prctl mode."""
+    advice, its present pages, then its prctl mode.  `_dump_measures` counts its steps."""
     ev = lambda x: E.val(m, x)  # noqa: E731
     out: list[Syscall] = []
     cs = cells(dump)
@@ -171,11 +172,58 @@ def _dump_script(era: Era, dump: State, m: z3.ModelRef) -> list[Syscall]:
     return out
 
 
-def _criu_cex(era: Era, dump: State, run: E.Run, m: z3.ModelRef, shp: tuple[int, ...],
+# --- the least counterexample -------------------------------------------------------------
+
+def _dump_measures(dump: State) -> tuple[Any, list[tuple[str, Any]]]:
+    """The number of steps of `_dump_script`, and what a smaller dump has fewer of: VMAs,
+    advised VMAs, populated cells, prctl calls, PMDs (the arena it needs)."""
+    cs = cells(dump)
+    starts = [z3.And(c.mapped, z3.Not(v.same)) for c, v in zip(cs, arena.vma_views(Z3, cs))]
+    pop = [z3.And(c.mapped, c.pop) for c in cs]
+    prctl = count([z3.Or(dump.mm.except_adv, dump.mm.disable, dump.mm.def_nh)])
+    steps = (count(starts) + count([z3.And(s, c.hg) for s, c in zip(starts, cs)])
+             + count([z3.And(s, c.nh) for s, c in zip(starts, cs)]) + count(pop) + prctl)
+    used = [z3.Or(*(c.mapped for blk in dump.blocks[k:] for c in blk.cells))
+            for k in range(1, len(dump.blocks))]
+    return steps, [("VMAs", count(starts)),
+                   ("advised VMAs", count([z3.And(s, z3.Or(c.hg, c.nh))
+                                           for s, c in zip(starts, cs)])),
+                   ("populated cells", count(pop)), ("prctl calls", prctl),
+                   ("PMDs", 1 + count(used))]
+
+
+def _readable(dump: State) -> list[Any]:
+    """Among equally small dumps: sysfs `madvise` (the usual default, so a replay needs no
+    sysfs write), cell bounds on 1 MiB, then, cell by cell, mapped from the arena's start
+    and the least flags and pages, then the least mm bits."""
+    cs = cells(dump)
+    return [z3.If(dump.sysfs == 1, 0, 1),
+            count([c.start % (PMD_PAGES // 2) != 0 for c in cs]),
+            *(z3.If(b, 1, 0) for c in cs for b in (z3.Not(c.mapped), c.hg, c.nh, c.pop)),
+            *(z3.If(b, 1, 0) for b in dump.mm)]
+
+
+def _least(facts: list[Any], dump: State, restore_steps: list[Any], extra: Any = 0
+           ) -> tuple[z3.ModelRef, str]:
+    """The least counterexample of `facts`: fewest steps (the dump script's, the restore's
+    that run, `extra`), then the smallest dump (_dump_measures)."""
+    dump_steps, measures = _dump_measures(dump)
+    return minimal_model(facts, [("steps", dump_steps + count(restore_steps) + extra),
+                                 *measures], _readable(dump))
+
+
+def _arena(dump: State, m: z3.ModelRef) -> int:
+    """The PMDs the counterexample needs: up to the last one with a dumped VMA."""
+    return max([1] + [k + 1 for k, blk in enumerate(dump.blocks)
+                      if any(E.val(m, c.mapped) for c in blk.cells)])
+
+
+def _criu_cex(era: Era, dump: State, run: E.Run, m: z3.ModelRef, blocks: int,
               upto: int | None = None, extra: list[Syscall] = ()) -> list[dict]:
     sysfs = E.val(m, dump.sysfs)
-    return (replay(era, _dump_script(era, dump, m), sysfs, len(shp), "dump")
-            + replay(era, run.trace(m, upto) + list(extra), sysfs, len(shp), "restore"))
+    return (replay(era, _dump_script(era, dump, m), sysfs, blocks, "dump")
+            + replay(era, run.trace(m, upto) + list(extra), sysfs, blocks, "restore",
+                     adversary=len(extra)))
 
 
 def _final(era: Era, steps: list[Syscall], sysfs: int, blocks: int) -> str:
@@ -186,6 +234,21 @@ def _final(era: Era, steps: list[Syscall], sysfs: int, blocks: int) -> str:
         res = concrete.run_syscall(era, st, sc)
         st, ret = res.state, res.ret
     return observe(era, st, ret).text()
+
+
+def _restored_difference(era: Era, cex: list[dict], sysfs: int, blocks: int,
+                         observations: tuple[str, ...]) -> list[str]:
+    """What the replayed restore gives back differently from the replayed dump, in the
+    compared observations (uffd flags are not compared: the lazy phase is still to come)."""
+    dumped = final(era, cex, "dump", sysfs, blocks)
+    restored = final(era, cex, "restore", sysfs, blocks)
+    out = vma_difference(("dumped", "restored"), dumped, restored, uffd=False,
+                         eligible="eligible" in observations)
+    if "get" in observations and dumped.get != restored.get:
+        out.append(f"PR_GET: dumped {dumped.get}, restored {restored.get}")
+    if not any(s["process"] == "restore" for s in cex):
+        out.append("(the restore makes no syscall: the restored process is a fresh one)")
+    return out
 
 
 # The unbounded arguments (README.md): the bounded run of the row, the lemmas of restore-frame
@@ -227,35 +290,46 @@ def criu_restore_original(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_S
     bound = shape_text(shp)
     same = z3.And(*(OBSERVATIONS[n](era, dump, run.last) for n in observations))
     failed = _failed(run)
-    r, m = E.check(*facts, z3.Or(*failed))
+    guards = [True if g is None else g for _, _, g in run.log]
+    r, _ = E.check(*facts, z3.Or(*failed))
     if r == z3.sat:
+        # the steps up to the first that fails
+        m, least = _least([*facts, z3.Or(*failed)], dump,
+                          [z3.And(g, *(z3.Not(f) for f in failed[:n]))
+                           for n, g in enumerate(guards)])
         k = next(n for n, f in enumerate(failed) if E.val(m, f))
-        cex = _criu_cex(era, dump, run, m, shp, upto=k + 1)
+        blocks = _arena(dump, m)
+        cex = _criu_cex(era, dump, run, m, blocks, upto=k + 1)
         step = [d for d in cex if d["process"] == "restore"][-1]
-        if parse_line("0 " + step["observation"])[1].ret == 0:
+        ret = step["observation"].split()[0][4:]
+        if ret == "0":
             return Verdict("unknown", "bounded", bound, cex, vac, quantified=q,
                            note="the failing restore step does not fail when replayed")
         rest, _ = E.check(*facts, z3.Not(z3.Or(*failed)), z3.Not(same))
         where = "proved" if rest == z3.unsat else "refuted" if rest == z3.sat else "unknown"
         return Verdict("aborted", "bounded", bound, cex, vac, quantified=q,
                        note=f"restore step {step['step']} ({step['syscall']}) returns "
-                            f"{step['observation'].split()[0][4:]}: CRIU stops the restore; "
-                            f"where no step fails: {where}")
-    r, m = E.check(*facts, z3.Not(same))
+                            f"{ret}: CRIU stops the restore; where no step fails: {where}",
+                       difference=[f"restore step {step['step']}, {step['syscall']}: {ret}"],
+                       minimal=least)
+    r, _ = E.check(*facts, z3.Not(same))
     if r == z3.unsat:
         return Verdict("proved", "unbounded (per-VMA)", vacuity=vac, quantified=q,
                        argument=PER_VMA, cross_check=f"bounded [{bound}]: proved")
     if r != z3.sat:
         return Verdict("unknown", "bounded", bound, vacuity=vac, quantified=q, note=str(r))
-    cex = _criu_cex(era, dump, run, m, shp)
+    m, least = _least([*facts, z3.Not(same)], dump, guards)
+    blocks = _arena(dump, m)
+    cex = _criu_cex(era, dump, run, m, blocks)
     sysfs = E.val(m, dump.sysfs)
-    if (_observed(_final(era, _dump_script(era, dump, m), sysfs, len(shp)), observations)
-            == _observed(_final(era, run.trace(m), sysfs, len(shp)), observations)):
+    if (_observed(_final(era, _dump_script(era, dump, m), sysfs, blocks), observations)
+            == _observed(_final(era, run.trace(m), sysfs, blocks), observations)):
         return Verdict("unknown", "bounded", bound, cex, vac, quantified=q,
                        note="the solver's counterexample does not replay")
     differs = [n for n in observations if not E.val(m, OBSERVATIONS[n](era, dump, run.last))]
     return Verdict("refuted", "bounded", bound, cex, vac, quantified=q,
-                   note="differs in " + ", ".join(differs))
+                   note="differs in " + ", ".join(differs), minimal=least,
+                   difference=_restored_difference(era, cex, sysfs, blocks, observations))
 
 
 # --- no-collapse-window -----------------------------------------------------------------------
@@ -330,18 +404,30 @@ def no_collapse_window(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_SHAP
     q["adversaries"] = f"{len({w for _, w in where})}/{len(exist)}"
     if not where:
         vac.append("no adversary exists in this era")
-    r, m = E.check(*facts, j >= 0, j < len(run.states), *at, z3.Or(*bad))
+    window = [*facts, j >= 0, j < len(run.states), *at]
+    r, _ = E.check(*window, z3.Or(*bad))
     if r == z3.unsat:
         # the per-PMD invariant of the unbounded argument (PER_PMD), on the same points
         broken = z3.Or(*(z3.And(lazy_blk[k], z3.Not(_safe_pmd(era, h, k)))
                          for k in range(len(h.blocks))))
-        if E.check(*facts, j >= 0, j < len(run.states), *at, broken)[0] == z3.unsat:
+        if E.check(*window, broken)[0] == z3.unsat:
             return Verdict("proved", "unbounded (per-PMD)", vacuity=vac, quantified=q,
                            argument=PER_PMD, cross_check=f"bounded [{bound}]: proved")
         return Verdict("proved", "bounded", bound, vacuity=vac, quantified=q,
                        note="the per-PMD invariant does not hold: no unbounded argument")
     if r != z3.sat:
         return Verdict("unknown", "bounded", bound, vacuity=vac, quantified=q, note=str(r))
+    # The least trace: the restore steps before the point, and the adversary's unless the PMD
+    # already is a THP.  Only among traces whose replay shows the THP by itself: a collapse,
+    # or khugepaged with the mm on its list (the theorem assumes it is), if there is one.
+    already = z3.Or(*(z3.And(lazy_blk[k], h.blocks[k].thp) for k in range(len(h.blocks))))
+    shown = z3.Or(already, h.mm.registered, *(b for b, (_, w) in zip(bad, where)
+                                              if w == "collapse"))
+    if E.check(*window, z3.Or(*bad), shown)[0] == z3.sat:
+        window.append(shown)
+    guards = [True if g is None else g for _, _, g in run.log]
+    m, least = _least([*window, z3.Or(*bad)], dump,
+                      [z3.And(j > n, g) for n, g in enumerate(guards)], z3.If(already, 0, 1))
     # MADV_COLLAPSE first where both would: its replay on a kernel needs no khugepaged timing
     found = [w for b, w in zip(bad, where) if E.val(m, b)]
     k, what = min(found, key=lambda w: (w[1] != "collapse", w))
@@ -350,13 +436,41 @@ def no_collapse_window(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_SHAP
         what = "is a THP"
     extra = {"is a THP": [], "khugepaged": [Khugepaged()],
              "collapse": [Madvise(k * PMD_PAGES * PAGE, PMD_PAGES * PAGE, MADV_COLLAPSE)]}[what]
-    cex = _criu_cex(era, dump, run, m, shp, upto=point, extra=extra)
+    blocks = _arena(dump, m)
+    cex = _criu_cex(era, dump, run, m, blocks, upto=point, extra=extra)
     taken = len([d for d in cex if d["process"] == "restore"]) - len(extra)
     note = f"PMD {k} after restore step {taken}: {what}"
-    if not _replays_thp(era, run.trace(m, point), E.val(m, dump.sysfs), len(shp), k, what):
+    sysfs = E.val(m, dump.sysfs)
+    thp, assumed = _replays_thp(era, run.trace(m, point), sysfs, blocks, k, what)
+    if not thp:
         return Verdict("unknown", "bounded", bound, cex, vac, quantified=q,
                        note=note + "; does not replay")
-    return Verdict("refuted", "bounded", bound, cex, vac, quantified=q, note=note)
+    return Verdict("refuted", "bounded", bound, cex, vac, quantified=q, note=note,
+                   minimal=least, difference=_window_difference(
+                       cex, k, taken, what, assumed, rst.protocol.parent))
+
+
+def _window_difference(cex: list[dict], k: int, taken: int, what: str, assumed: bool,
+                       parent: bool) -> list[str]:
+    """PMD k is a THP while pages of the dump in it are still to come by UFFDIO_COPY (the
+    dumped VMAs there, less the pages the dump wrote, if the restore writes them back)."""
+    lo, hi = k * PMD_PAGES * PAGE, (k + 1) * PMD_PAGES * PAGE
+    dump = [d for d in cex if d["process"] == "dump"]
+    vmas = observed(dump[-1]).vmas if dump else ()
+    lazy = [(max(v.start, lo), min(v.end, hi)) for v in vmas if v.start < hi and v.end > lo]
+    if parent:
+        for d in dump:
+            sc = parse_step(d["syscall"])
+            if isinstance(sc, Touch):
+                lazy = [piece for a, b in lazy for piece in ((a, min(b, sc.off)),
+                                                            (max(a, sc.off + sc.len), b))
+                        if piece[0] < piece[1]]
+    by = {"is a THP": f"after restore step {taken}",
+          "khugepaged": "by khugepaged" + (" (the mm put on its list, as the theorem "
+                                           "assumes)" if assumed else ""),
+          "collapse": "by MADV_COLLAPSE"}[what]
+    return [f"PMD {k} ({lo:#x}-{hi:#x}) is a THP {by} while "
+            + ", ".join(f"{a:#x}-{b:#x}" for a, b in lazy) + " of it await UFFDIO_COPY"]
 
 
 def _safe_pmd(era: Era, st: State, k: int) -> Any:
@@ -373,19 +487,21 @@ def _safe_pmd(era: Era, st: State, k: int) -> Any:
 
 
 def _replays_thp(era: Era, steps: list[Syscall], sysfs: int, blocks: int, k: int,
-                 what: str) -> bool:
+                 what: str) -> tuple[bool, bool]:
     """The interpreter, run on the trace, shows PMD k as a THP (after the adversary, which
-    for khugepaged runs with the mm on khugepaged's list, as the theorem assumes)."""
+    for khugepaged runs with the mm on khugepaged's list, as the theorem assumes); and
+    whether that needed the assumption (the trace did not put the mm on the list)."""
     st = empty_state(blocks, sysfs)
     for sc in steps:
         st = concrete.run_syscall(era, st, sc).state
+    assumed = what == "khugepaged" and not st.mm.registered
     if what == "khugepaged":
         st = st._replace(mm=st.mm._replace(registered=True))
         st = concrete.run_syscall(era, st, Khugepaged()).state
     elif what == "collapse":
         sc = Madvise(k * PMD_PAGES * PAGE, PMD_PAGES * PAGE, MADV_COLLAPSE)
         st = concrete.run_syscall(era, st, sc).state
-    return bool(st.blocks[k].thp)
+    return bool(st.blocks[k].thp), assumed
 
 
 def _eq(a: Any, b: Any) -> Any:
