@@ -8,6 +8,7 @@ points of a restore after a failed step are not examined by no-collapse-window.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -194,22 +195,59 @@ def _dump_measures(dump: State) -> tuple[Any, list[tuple[str, Any]]]:
 
 def _readable(dump: State) -> list[Any]:
     """Among equally small dumps: sysfs `madvise` (the usual default, so a replay needs no
-    sysfs write), cell bounds on 1 MiB, then, cell by cell, mapped from the arena's start
-    and the least flags and pages, then the least mm bits."""
+    sysfs write), cell bounds on 1 MiB, then cell by cell mapped from the arena's start,
+    the least flags and pages, the least mm bits (each a weighted sum: one objective)."""
     cs = cells(dump)
+
+    def first(bits: list[Any]) -> Any:  # the earlier a true bit, the heavier
+        return z3.Sum(*(z3.If(b, 2 ** (len(bits) - 1 - i), 0) for i, b in enumerate(bits)))
+
     return [z3.If(dump.sysfs == 1, 0, 1),
             count([c.start % (PMD_PAGES // 2) != 0 for c in cs]),
-            *(z3.If(b, 1, 0) for c in cs for b in (z3.Not(c.mapped), c.hg, c.nh, c.pop)),
-            *(z3.If(b, 1, 0) for b in dump.mm)]
+            first([z3.Not(c.mapped) for c in cs]),
+            first([b for c in cs for b in (c.hg, c.nh, c.pop)]),
+            first(list(dump.mm))]
 
 
-def _least(facts: list[Any], dump: State, restore_steps: list[Any], extra: Any = 0
-           ) -> tuple[z3.ModelRef, str]:
-    """The least counterexample of `facts`: fewest steps (the dump script's, the restore's
-    that run, `extra`), then the smallest dump (_dump_measures)."""
+Search = Callable[[tuple[int, ...], Any], tuple[list[Any], list[tuple[str, Any]], list[Any],
+                                                Any, Any]]
+
+
+def _least_of_bound(search: Search, shp: tuple[int, ...], one_pmd_first: bool = False
+                    ) -> tuple[Any, z3.ModelRef, str]:
+    """The least counterexample of the bound `shp`.  `search(shape)` gives the facts of a
+    counterexample, the measures to minimise in order, readability preferences, a context
+    (the symbolic run) and a tag saying which counterexamples the facts admit (it may take
+    the tag of one PMD as a hint: what one PMD admits, its bound does).  With
+    `one_pmd_first`, one PMD is tried first, where the formula is a fraction of the size
+    (it pays for no-collapse-window's, quantified over the restore points): a trace there is
+    one of the bound too, so if the bound admits the same kind (same tag) and none of it is
+    smaller by the measures (one check), it is the least of the bound."""
+    if one_pmd_first and len(shp) > 1:
+        facts, measures, prefer, ctx, tag = search(shp[:1], None)
+        if E.check(*facts)[0] == z3.sat:
+            m, least = minimal_model(facts, measures, prefer)
+            values = [E.val(m, t) for _, t in measures]
+            bfacts, bmeasures, _, _, btag = search(shp, tag)
+            if btag == tag and E.check(*bfacts, _lex_less([t for _, t in bmeasures], values)
+                                        )[0] == z3.unsat:
+                return ctx, m, least
+    facts, measures, prefer, ctx, _ = search(shp, None)
+    m, least = minimal_model(facts, measures, prefer)
+    return ctx, m, least
+
+
+def _lex_less(terms: list[Any], values: list[int]) -> Any:
+    """The terms, in order, are lexicographically less than the values."""
+    return z3.Or(*(z3.And(*(t == v for t, v in zip(terms[:i], values[:i])),
+                          terms[i] < values[i]) for i in range(len(terms))))
+
+
+def _steps(dump: State, restore_steps: list[Any], extra: Any = 0) -> list[tuple[str, Any]]:
+    """The measures of a CRIU counterexample: its steps (the dump script's, the restore's
+    that run, `extra`), then the dump's (_dump_measures)."""
     dump_steps, measures = _dump_measures(dump)
-    return minimal_model(facts, [("steps", dump_steps + count(restore_steps) + extra),
-                                 *measures], _readable(dump))
+    return [("steps", dump_steps + count(restore_steps) + extra), *measures]
 
 
 def _arena(dump: State, m: z3.ModelRef) -> int:
@@ -290,16 +328,12 @@ def criu_restore_original(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_S
     bound = shape_text(shp)
     same = z3.And(*(OBSERVATIONS[n](era, dump, run.last) for n in observations))
     failed = _failed(run)
-    guards = [True if g is None else g for _, _, g in run.log]
     r, _ = E.check(*facts, z3.Or(*failed))
     if r == z3.sat:
-        # the steps up to the first that fails
-        m, least = _least([*facts, z3.Or(*failed)], dump,
-                          [z3.And(g, *(z3.Not(f) for f in failed[:n]))
-                           for n, g in enumerate(guards)])
-        k = next(n for n, f in enumerate(failed) if E.val(m, f))
-        blocks = _arena(dump, m)
-        cex = _criu_cex(era, dump, run, m, blocks, upto=k + 1)
+        (cdump, crun, cfailed, _), m, least = _least_of_bound(
+            _restore_search(era, protocol, observations, aborted=True), shp)
+        k = next(n for n, f in enumerate(cfailed) if E.val(m, f))
+        cex = _criu_cex(era, cdump, crun, m, _arena(cdump, m), upto=k + 1)
         step = [d for d in cex if d["process"] == "restore"][-1]
         ret = step["observation"].split()[0][4:]
         if ret == "0":
@@ -318,7 +352,8 @@ def criu_restore_original(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_S
                        argument=PER_VMA, cross_check=f"bounded [{bound}]: proved")
     if r != z3.sat:
         return Verdict("unknown", "bounded", bound, vacuity=vac, quantified=q, note=str(r))
-    m, least = _least([*facts, z3.Not(same)], dump, guards)
+    (dump, run, _, _), m, least = _least_of_bound(
+        _restore_search(era, protocol, observations, aborted=False), shp)
     blocks = _arena(dump, m)
     cex = _criu_cex(era, dump, run, m, blocks)
     sysfs = E.val(m, dump.sysfs)
@@ -332,6 +367,26 @@ def criu_restore_original(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_S
                    difference=_restored_difference(era, cex, sysfs, blocks, observations))
 
 
+def _restore_search(era: Era, protocol: str, observations: tuple[str, ...], aborted: bool
+                    ) -> Search:
+    """The restores that abort (the steps up to the first that fails), or that complete
+    and differ in a compared observation, of the dumps of a shape (_least_of_bound)."""
+    def search(shp: tuple[int, ...], _: Any) -> tuple:
+        dump, dump_ok, run, _ = restore_run(era, protocol, shp)
+        failed = _failed(run)
+        guards = [True if g is None else g for _, _, g in run.log]
+        same = z3.And(*(OBSERVATIONS[n](era, dump, run.last) for n in observations))
+        if aborted:
+            facts = [dump_ok, *run.side, z3.Or(*failed)]
+            steps = [z3.And(g, *(z3.Not(f) for f in failed[:n]))
+                     for n, g in enumerate(guards)]
+        else:
+            facts = [dump_ok, *run.side, z3.Not(z3.Or(*failed)), z3.Not(same)]
+            steps = guards
+        return facts, _steps(dump, steps), _readable(dump), (dump, run, failed, same), None
+    return search
+
+
 # --- no-collapse-window -----------------------------------------------------------------------
 
 # What may turn a PMD into a THP besides the restore's own faults (a PMD that already is one
@@ -341,21 +396,34 @@ def criu_restore_original(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_S
 ADVERSARIES = ("khugepaged", "collapse")
 
 
-def no_collapse_window(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_SHAPE,
-                       adversaries: tuple[str, ...] = ADVERSARIES) -> Verdict:
-    """At every point of a lazy restore (before each step and after the last) that the
-    restore reaches without a failed step: no PMD holding lazy pages (protocols.Restore.lazy:
-    UFFDIO_COPY brings them after the restore) is a THP, or becomes one by a khugepaged scan
-    or by MADV_COLLAPSE on it (any process may ask: process_madvise).  A THP there has
-    zero-filled them, and the later UFFDIO_COPY fails with EEXIST.  khugepaged is assumed to
-    have the mm on its list."""
+@dataclass
+class Window:
+    """no-collapse-window over the dumps of one arena shape: the restore's run, and an
+    adversary built once on a state h that is the restore's state at point j."""
+
+    dump: State
+    run: E.Run
+    rst: Restore
+    facts: list[Any]  # the dumps and the run
+    failed: list[Any]  # per restore step: it ran and failed
+    h: State
+    j: Any
+    at: list[Any]  # j == n: h is the state after n steps, none of which failed
+    lazy_blk: list[Any]  # per PMD: it holds lazy pages
+    bad: list[Any]  # per (PMD, adversary) of `where`: the PMD with lazy pages becomes a THP
+    where: list[tuple[int, str]]
+
+    @property
+    def points(self) -> list[Any]:
+        return [*self.facts, self.j >= 0, self.j < len(self.run.states), *self.at]
+
+
+def window(era: Era, protocol: str, shp: tuple[int, ...], adversaries: tuple[str, ...]
+           ) -> Window:
     dump, dump_ok, run, rst = restore_run(era, protocol, shp)
     if not rst.protocol.lazy:
         raise ValueError(f"{protocol} is not a lazy restore")
-    facts = [dump_ok, *run.side]
-    bound = shape_text(shp)
     failed = _failed(run)
-    # The adversary is built once, on a state h that is one of the restore's states.
     h = symbolic.state(shp, "h")
     j = z3.Int(E.fresh("point"))
     at = [z3.Implies(j == n, z3.And(*(_eq(x, y) for x, y in zip(
@@ -376,6 +444,22 @@ def no_collapse_window(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_SHAP
             if what in made:
                 bad.append(z3.And(lazy_blk[k], made[what]))
                 where.append((k, what))
+    return Window(dump, run, rst, [dump_ok, *run.side], failed, h, j, at, lazy_blk, bad,
+                  where)
+
+
+def no_collapse_window(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_SHAPE,
+                       adversaries: tuple[str, ...] = ADVERSARIES) -> Verdict:
+    """At every point of a lazy restore (before each step and after the last) that the
+    restore reaches without a failed step: no PMD holding lazy pages (protocols.Restore.lazy:
+    UFFDIO_COPY brings them after the restore) is a THP, or becomes one by a khugepaged scan
+    or by MADV_COLLAPSE on it (any process may ask: process_madvise).  A THP there has
+    zero-filled them, and the later UFFDIO_COPY fails with EEXIST.  khugepaged is assumed to
+    have the mm on its list."""
+    w = window(era, protocol, shp, adversaries)
+    dump, run, rst, facts, failed = w.dump, w.run, w.rst, w.facts, w.failed
+    lazy_blk, where, h = w.lazy_blk, w.where, w.h
+    bound = shape_text(shp)
     sat_or_vacuous("dumps", *facts)
     q, vac = coverage(facts, dump_dims(era, dump))
     q["restore steps"], dead = _steps_run(facts, run)
@@ -404,50 +488,68 @@ def no_collapse_window(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_SHAP
     q["adversaries"] = f"{len({w for _, w in where})}/{len(exist)}"
     if not where:
         vac.append("no adversary exists in this era")
-    window = [*facts, j >= 0, j < len(run.states), *at]
-    r, _ = E.check(*window, z3.Or(*bad))
+    r, _ = E.check(*w.points, z3.Or(*w.bad))
     if r == z3.unsat:
         # the per-PMD invariant of the unbounded argument (PER_PMD), on the same points
         broken = z3.Or(*(z3.And(lazy_blk[k], z3.Not(_safe_pmd(era, h, k)))
                          for k in range(len(h.blocks))))
-        if E.check(*window, broken)[0] == z3.unsat:
+        if E.check(*w.points, broken)[0] == z3.unsat:
             return Verdict("proved", "unbounded (per-PMD)", vacuity=vac, quantified=q,
                            argument=PER_PMD, cross_check=f"bounded [{bound}]: proved")
         return Verdict("proved", "bounded", bound, vacuity=vac, quantified=q,
                        note="the per-PMD invariant does not hold: no unbounded argument")
     if r != z3.sat:
         return Verdict("unknown", "bounded", bound, vacuity=vac, quantified=q, note=str(r))
-    # The least trace: the restore steps before the point, and the adversary's unless the PMD
-    # already is a THP.  Only among traces whose replay shows the THP by itself: a collapse,
-    # or khugepaged with the mm on its list (the theorem assumes it is), if there is one.
-    already = z3.Or(*(z3.And(lazy_blk[k], h.blocks[k].thp) for k in range(len(h.blocks))))
-    shown = z3.Or(already, h.mm.registered, *(b for b, (_, w) in zip(bad, where)
-                                              if w == "collapse"))
-    if E.check(*window, z3.Or(*bad), shown)[0] == z3.sat:
-        window.append(shown)
-    guards = [True if g is None else g for _, _, g in run.log]
-    m, least = _least([*window, z3.Or(*bad)], dump,
-                      [z3.And(j > n, g) for n, g in enumerate(guards)], z3.If(already, 0, 1))
+    w, m, least = _least_of_bound(_window_search(era, protocol, adversaries, w), shp,
+                                  one_pmd_first=True)
     # MADV_COLLAPSE first where both would: its replay on a kernel needs no khugepaged timing
-    found = [w for b, w in zip(bad, where) if E.val(m, b)]
-    k, what = min(found, key=lambda w: (w[1] != "collapse", w))
-    point = E.val(m, j)
-    if E.val(m, h.blocks[k].thp):
+    found = [x for b, x in zip(w.bad, w.where) if E.val(m, b)]
+    k, what = min(found, key=lambda x: (x[1] != "collapse", x))
+    point = E.val(m, w.j)
+    if E.val(m, w.h.blocks[k].thp):
         what = "is a THP"
     extra = {"is a THP": [], "khugepaged": [Khugepaged()],
              "collapse": [Madvise(k * PMD_PAGES * PAGE, PMD_PAGES * PAGE, MADV_COLLAPSE)]}[what]
-    blocks = _arena(dump, m)
-    cex = _criu_cex(era, dump, run, m, blocks, upto=point, extra=extra)
+    blocks = _arena(w.dump, m)
+    cex = _criu_cex(era, w.dump, w.run, m, blocks, upto=point, extra=extra)
     taken = len([d for d in cex if d["process"] == "restore"]) - len(extra)
     note = f"PMD {k} after restore step {taken}: {what}"
-    sysfs = E.val(m, dump.sysfs)
-    thp, assumed = _replays_thp(era, run.trace(m, point), sysfs, blocks, k, what)
+    sysfs = E.val(m, w.dump.sysfs)
+    thp, assumed = _replays_thp(era, w.run.trace(m, point), sysfs, blocks, k, what)
     if not thp:
         return Verdict("unknown", "bounded", bound, cex, vac, quantified=q,
                        note=note + "; does not replay")
     return Verdict("refuted", "bounded", bound, cex, vac, quantified=q, note=note,
                    minimal=least, difference=_window_difference(
                        cex, k, taken, what, assumed, rst.protocol.parent))
+
+
+def _window_search(era: Era, protocol: str, adversaries: tuple[str, ...], built: Window
+                   ) -> Search:
+    """The counterexamples of no-collapse-window over the dumps of a shape
+    (_least_of_bound; `built`: the window of one shape, already built), measured by their
+    steps (the dump's, the restore's before the point, the adversary's unless the PMD
+    already is a THP), then by the dump.  Only traces whose replay shows the THP by itself
+    (a collapse, or khugepaged with the mm on its list, which the theorem assumes) if there
+    are any: the tag says whether the facts ask for one."""
+    def search(shp: tuple[int, ...], tag: Any) -> tuple:
+        w = (built if shp == tuple(len(b.cells) for b in built.dump.blocks)
+             else window(era, protocol, shp, adversaries))
+        h = w.h
+        already = z3.Or(*(z3.And(w.lazy_blk[k], h.blocks[k].thp)
+                          for k in range(len(h.blocks))))
+        shown = z3.Or(already, h.mm.registered, *(b for b, (_, x) in zip(w.bad, w.where)
+                                                  if x == "collapse"))
+        facts = [*w.points, z3.Or(*w.bad)]
+        if not tag:  # True from one PMD holds for the bound
+            tag = E.check(*facts, shown)[0] == z3.sat
+        if tag:
+            facts.append(shown)
+        guards = [True if g is None else g for _, _, g in w.run.log]
+        restore = [z3.And(w.j > n, g) for n, g in enumerate(guards)]
+        return (facts, _steps(w.dump, restore, z3.If(already, 0, 1)), _readable(w.dump), w,
+                tag)
+    return search
 
 
 def _window_difference(cex: list[dict], k: int, taken: int, what: str, assumed: bool,
