@@ -431,8 +431,8 @@ def prove(theorems: list[str] | None, eras: list[Era] | list[str], json_out: boo
         asked = set(theorems or [])
         concurrency = concurrency or bool(asked & set(C.THEOREMS))
         if concurrency and asked - set(C.THEOREMS):
-            raise Usage("concurrency theorems run apart from the catalogue: name only "
-                        f"theorems of one ({', '.join(sorted(asked - set(C.THEOREMS)))})")
+            raise Usage(f"{', '.join(t for t in theorems or [] if t not in C.THEOREMS)}: "
+                        "not a --concurrency theorem; run the catalogue apart")
         every = ids or list(ERAS)
         if script_to is not None:
             (tid,) = theorems or []
@@ -482,5 +482,6 @@ def prove(theorems: list[str] | None, eras: list[Era] | list[str], json_out: boo
         console.print(f"\n{len(rows)} obligations, {len(rows) - len(bad)} as expected, "
                       f"{len(bad)} not")
     if concurrency:  # on stderr: stdout stays the same bytes on every run
-        typer.echo(f"{len(rows)} concurrency obligations in {wall:.1f} s wall", err=True)
+        typer.echo(f"{len(rows)} concurrency obligation{'s' if len(rows) != 1 else ''} in "
+                   f"{wall:.1f} s wall", err=True)
     return 0 if all(r.ok for r in rows) else 1
