@@ -256,9 +256,11 @@ def _arena(dump: State, m: z3.ModelRef) -> int:
                       if any(E.val(m, c.mapped) for c in blk.cells)])
 
 
-def _criu_cex(era: Era, dump: State, run: E.Run, m: z3.ModelRef, blocks: int,
-              upto: int | None = None, extra: list[Syscall] = ()) -> list[dict]:
-    sysfs = E.val(m, dump.sysfs)
+def _criu_cex(era: Era, dump: State, run: E.Run, m: z3.ModelRef, upto: int | None = None,
+              extra: list[Syscall] = ()) -> list[dict]:
+    """The dumped process and the restore (up to step `upto`, then the adversary's `extra`
+    steps), replayed in the arena the dump needs."""
+    sysfs, blocks = E.val(m, dump.sysfs), _arena(dump, m)
     return (replay(era, _dump_script(era, dump, m), sysfs, blocks, "dump")
             + replay(era, run.trace(m, upto) + list(extra), sysfs, blocks, "restore",
                      adversary=len(extra)))
@@ -333,7 +335,7 @@ def criu_restore_original(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_S
         (cdump, crun, cfailed, _), m, least = _least_of_bound(
             _restore_search(era, protocol, observations, aborted=True), shp)
         k = next(n for n, f in enumerate(cfailed) if E.val(m, f))
-        cex = _criu_cex(era, cdump, crun, m, _arena(cdump, m), upto=k + 1)
+        cex = _criu_cex(era, cdump, crun, m, upto=k + 1)
         step = [d for d in cex if d["process"] == "restore"][-1]
         ret = step["observation"].split()[0][4:]
         if ret == "0":
@@ -355,7 +357,7 @@ def criu_restore_original(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_S
     (dump, run, _, _), m, least = _least_of_bound(
         _restore_search(era, protocol, observations, aborted=False), shp)
     blocks = _arena(dump, m)
-    cex = _criu_cex(era, dump, run, m, blocks)
+    cex = _criu_cex(era, dump, run, m)
     sysfs = E.val(m, dump.sysfs)
     if (_observed(_final(era, _dump_script(era, dump, m), sysfs, blocks), observations)
             == _observed(_final(era, run.trace(m), sysfs, blocks), observations)):
@@ -511,7 +513,7 @@ def no_collapse_window(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_SHAP
     extra = {"is a THP": [], "khugepaged": [Khugepaged()],
              "collapse": [Madvise(k * PMD_PAGES * PAGE, PMD_PAGES * PAGE, MADV_COLLAPSE)]}[what]
     blocks = _arena(w.dump, m)
-    cex = _criu_cex(era, w.dump, w.run, m, blocks, upto=point, extra=extra)
+    cex = _criu_cex(era, w.dump, w.run, m, upto=point, extra=extra)
     taken = len([d for d in cex if d["process"] == "restore"]) - len(extra)
     note = f"PMD {k} after restore step {taken}: {what}"
     sysfs = E.val(m, w.dump.sysfs)
