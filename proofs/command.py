@@ -216,7 +216,8 @@ TRACE_LEGEND = (
     "the model's interpreter; each process starts fresh, under the sysfs mode and in an "
     "arena of the number of 2 MiB PMDs its header gives.  A step: who takes it (process: "
     "the process the theorem is about; restorer: CRIU's restore; adversary: khugepaged or "
-    "MADV_COLLAPSE from another process, on the restorer's mm), its script line "
+    "MADV_COLLAPSE from another process, on the restorer's mm, or a racing fault), its "
+    "script line "
     "(conformance/SCRIPT.md), then the state after it: ret= its return, get= "
     "PR_GET_THP_DISABLE, thp= status THP_enabled (- before 5.0), and one line per VMA of "
     "the arena, START-END:FLAGS:ELIG:AHP: offsets from the arena's base, FLAGS the VmFlags "
@@ -479,8 +480,8 @@ def prove(theorems: list[str] | None, eras: list[Era] | list[str], json_out: boo
     else:
         table(rows, console)
         bad = [r for r in rows if not r.ok]
-        console.print(f"\n{len(rows)} obligations, {len(rows) - len(bad)} as expected, "
-                      f"{len(bad)} not")
+        console.print(f"\n{len(rows)} obligation{'s' if len(rows) != 1 else ''}, "
+                      f"{len(rows) - len(bad)} as expected, {len(bad)} not")
     if concurrency:  # on stderr: stdout stays the same bytes on every run
         typer.echo(f"{len(rows)} concurrency obligation{'s' if len(rows) != 1 else ''} in "
                    f"{wall:.1f} s wall", err=True)

@@ -87,8 +87,10 @@ def enabled(facts: list[Any], choice: E.Choice, ret: Any) -> tuple[str, list[str
 
 # Who takes a step of a counterexample: the process the theorem is about (the dumped one, a
 # run from a fresh process), CRIU's restorer, or an adversary that may act on the restorer's mm
-# at any time (a khugepaged scan, MADV_COLLAPSE by another process: process_madvise).
-ROLES = {"restore": "restorer", "khugepaged": "adversary", "collapse": "adversary"}
+# at any time (a khugepaged scan, MADV_COLLAPSE by another process: process_madvise) or race
+# the process's own protection (a fault in another thread, fault-vs-prctl).
+ROLES = {"restore": "restorer", "khugepaged": "adversary", "collapse": "adversary",
+         "fault": "adversary"}
 
 
 def role_of(process: str) -> str:
