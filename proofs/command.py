@@ -143,27 +143,41 @@ def _indexed(item: tuple[int, list[Job]]) -> tuple[int, list[Row]]:
     return item[0], work(item[1])
 
 
+def _group(job: Job) -> list[Job]:
+    """Every obligation solved in the same worker as `job`, whichever of them were asked for:
+    the two CRIU theorems of one protocol and era (one symbolic run of the protocol for both),
+    or the other theorems of one era (some share a symbolic step).  A counterexample follows
+    the Z3 terms its worker made before, so a row is always solved within its whole group:
+    `prove --theorem T --era E` prints the trace that `prove` prints for that row."""
+    tid, p, key = job
+    every = (concurrency_obligations if tid in C.THEOREMS else obligations)(None, [key])
+    return [j for j in every if (j[1], j[2]) == (p, key)]
+
+
 def run(jobs: list[Job], show_progress: bool) -> list[Row]:
-    """Run the obligations on all cores.  The two CRIU theorems of one protocol and era go to
-    the same worker, which builds the protocol's symbolic run once for both; so do the other
-    theorems of one era (some share a symbolic step)."""
-    groups: dict[tuple, list[int]] = {}
-    for i, (tid, p, key) in enumerate(jobs):
-        groups.setdefault((p, key), []).append(i)
+    """Run the obligations on all cores, each group (_group) in a worker forked from a fresh
+    server process (multiprocessing's forkserver), so that what the calling process did
+    before does not change a counterexample either."""
+    asked = set(jobs)
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((job[1], job[2], job[0] in C.THEOREMS), None)
+    batches = [_group(next(j for j in jobs if (j[1], j[2], j[0] in C.THEOREMS) == g))
+               for g in groups]
     # Heavier batches first, so the pool does not end on a long one.
-    order = sorted(groups.values(), key=lambda b: (len(b), b[0]), reverse=True)
-    batches = [(n, [jobs[i] for i in b]) for n, b in enumerate(order)]
+    batches.sort(key=len, reverse=True)
     workers = max(1, min(len(batches), os.cpu_count() or 1))
-    results: dict[int, Row] = {}
-    ctx = multiprocessing.get_context("fork")
+    results: dict[Job, Row] = {}
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
     with ctx.Pool(workers, maxtasksperchild=1) as pool, \
             Progress(transient=True, disable=not show_progress) as progress:
         task = progress.add_task("proving", total=len(jobs))
-        for n, rows in pool.imap_unordered(_indexed, batches):
-            for i, row in zip(order[n], rows):
-                results[i] = row
-            progress.advance(task, len(rows))
-    return settle([results[i] for i in range(len(jobs))])
+        for n, rows in pool.imap_unordered(_indexed, enumerate(batches)):
+            mine = [(j, r) for j, r in zip(batches[n], rows) if j in asked]
+            results.update(mine)
+            progress.advance(task, len(mine))
+    return settle([results[j] for j in jobs])
 
 
 def settle(rows: list[Row]) -> list[Row]:
