@@ -1,8 +1,7 @@
 """`vmaflags reproduce`: a proof's counterexample as C programs that run it on a kernel.
 
-The obligation is solved as `vmaflags prove` solves it (proofs.command.run, in the batch of
-obligations prove gives the same worker: the trace `prove` and `prove --era` print, byte for
-byte); its trace is split into processes (`#! process:` sections, replay.py),
+The obligation is solved as `vmaflags prove` solves it (proofs.command.run: the trace every
+`prove` command prints for that row, byte for byte); its trace is split into processes (`#! process:` sections, replay.py),
 and every step's observation is predicted by the model's concrete interpreter
 (driver.run_model) for the era.  reproduce_c.py renders those steps and predictions as C: a
 standalone program with KTAP output, and a kselftest_harness.h test.  The theorem's
@@ -150,11 +149,9 @@ class Program:
 # --- from a theorem to a trace ----------------------------------------------------------------
 
 def row(theorem: str, era_key: str, protocol: str | None):  # -> proofs.command.Row
-    """The obligation solved as `vmaflags prove` solves it; ReproduceError for bad input.
-    Called from a process that made Z3 terms before (a test run), the forked workers start
-    from another Z3 state and may find another counterexample of the same row."""
+    """The obligation solved as `vmaflags prove` solves it; ReproduceError for bad input."""
     from vmaflags.model.eras import era as era_by_id
-    from vmaflags.proofs.command import obligations, run
+    from vmaflags.proofs.command import run
     from vmaflags.proofs.expected import EXPECTED
     from vmaflags.proofs.theorems import THEOREMS
 
@@ -177,12 +174,7 @@ def row(theorem: str, era_key: str, protocol: str | None):  # -> proofs.command.
         what = ":".join(filter(None, (theorem, protocol)))
         raise ReproduceError(f"{what} has no row in era {era_key}; its eras: "
                              f"{', '.join(rows)}")
-    # The obligations `vmaflags prove` solves in one worker with this one (the same protocol
-    # and era: proofs.command.run), in its order: Z3's choices follow the terms it has seen,
-    # so this is the batch that gives the trace `prove` (and `prove --era`) prints.
-    batch = [j for j in obligations(None, [era_by_id(base)]) if j[1:] == (protocol, era_key)]
-    r = next(x for x in run(batch, show_progress=False)
-             if (x.theorem, x.protocol, x.era) == (theorem, protocol, era_key))
+    (r,) = run([(theorem, protocol, era_key)], show_progress=False)
     cex = r.counterexample
     if r.verdict not in ("refuted", "aborted") or not cex:
         raise ReproduceError(f"{r.name} is {r.verdict}: no counterexample to reproduce"

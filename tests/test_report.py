@@ -99,7 +99,9 @@ def test_counterexamples_are_numbered_traces_with_roles(res):
     assert {shape.role(s) for s in race if s["process"] == "khugepaged"} == {"adversary"}
     assert {shape.role(s) for s in race if s["process"] != "khugepaged"} == {"process"}
     lines = text.trace(steps, r["era"])
-    assert lines[0] == f"> era mmf, sysfs {steps[0]['sysfs']}, arena 2 PMDs (4 MiB)"
+    n = steps[0]["arena"]
+    assert lines[0] == (f"> era mmf, sysfs {steps[0]['sysfs']}, arena {n} "
+                        f"PMD{'s' if n > 1 else ''} ({2 * n} MiB)")
     numbered = [ln for ln in lines if ln[2:5].strip().isdigit()]
     assert [int(ln[2:5]) for ln in numbered] == list(range(1, len(steps) + 1))
     # the state after each step, and the replay file holds the same script

@@ -69,7 +69,16 @@ def run(script: Path = typer.Argument(..., help="script file (conformance/SCRIPT
 
 @app.command()
 def prove(theorem: Optional[List[str]] = typer.Option(None, "--theorem", help="theorem id"),
-          era: Optional[List[str]] = typer.Option(None, "--era", help="era id (repeatable)"),
+          era: Optional[List[str]] = typer.Option(
+              None, "--era", help="era id, or a row's era@kernel (repeatable)"),
+          protocol: Optional[List[str]] = typer.Option(
+              None, "--protocol", help="restore protocol or sequence (repeatable)"),
+          concurrency: bool = typer.Option(
+              False, "--concurrency", help="the interleaving obligations instead"),
+          list_: bool = typer.Option(False, "--list", help="the theorems and their eras"),
+          script: Optional[str] = typer.Option(
+              None, "--script", help="write the counterexample of one --theorem, --era "
+              "(and --protocol) as a replay file (- for stdout)"),
           json_out: bool = typer.Option(False, "--json", help="JSON on stdout"),
           ktap: bool = typer.Option(False, "--ktap", help="KTAP on stdout")) -> None:
     """Prove or refute the theorem catalogue, per era; non-zero if a verdict is unexpected."""
@@ -77,7 +86,10 @@ def prove(theorem: Optional[List[str]] = typer.Option(None, "--theorem", help="t
 
     if json_out and ktap:
         fail("choose one of --json and --ktap")
-    raise typer.Exit(run_prove(theorem, eras_or_fail(era), json_out, ktap))
+    if sum([json_out or ktap, list_, script is not None]) > 1:
+        fail("--list and --script take no other output option: choose one")
+    raise typer.Exit(run_prove(theorem, era or [], json_out, ktap, protocol, concurrency,
+                               list_, script))
 
 
 @app.command()

@@ -339,9 +339,8 @@ def text(res: dict[str, Any]) -> str:
                 "and each VMA of the arena (vmas=), where", "  ")
     out += wrap(" ".join(LEGEND.split()), "  ")
     out += [""] + wrap(f"Each trace is the one `{res.get('proofs_command')}` found.  `vmaflags "
-                       "prove --theorem T --era E` decides an obligation alone, and its trace "
-                       "can differ (the solver's choice depends on the obligations solved "
-                       "beside it); `vmaflags replay` runs the trace printed here, on a kernel "
+                       "prove --theorem T --era E` prints the same trace for the row; "
+                       "`vmaflags replay` runs the trace printed here, on a kernel "
                        "and on the model.", "  ")
     for n, r in enumerate(shape.counterexamples(proofs), 1):
         out += _counterexample(f"3.{n}", r, kernels, False)
