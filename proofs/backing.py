@@ -30,14 +30,16 @@ import z3
 from vmaflags.model import arena, concrete, rules, symbolic
 from vmaflags.model.backend import PY, Z3
 from vmaflags.model.eras import Era
+from vmaflags.model.observe import Vma, observe
 from vmaflags.model.state import State, cells, empty_state
-from vmaflags.model.syscalls import (MADV_HUGEPAGE, MADV_NOHUGEPAGE, PMD_PAGES, SYSFS_MODES,
+from vmaflags.model.syscalls import (MADV_HUGEPAGE, MADV_NOHUGEPAGE, PAGE, PMD_PAGES,
                                      Khugepaged, Syscall, UffdClose, UffdCopy)
 
 from . import engine as E
 from .protocols import PROTOCOLS, Protocol, Restore
-from .restore import CRIU_SHAPE, _failed, _steps_run, dump_dims, dump_state, fresh_process
-from .verdict import Verdict, coverage, replay, sat_or_vacuous, shape_text
+from .restore import (CRIU_SHAPE, _arena, _failed, _readable, _steps, _steps_run, dump_dims,
+                      dump_state, fresh_process)
+from .verdict import Verdict, coverage, minimal_model, replay, sat_or_vacuous, shape_text, vma_text
 
 
 @dataclass(frozen=True)
@@ -128,29 +130,50 @@ def new_thp(B: Any, era: Era, dump: State, st: State) -> Any:
 
 
 # How a replayed violation is told: (era, dumped state, violating state, its restore step
-# number, the restore's steps) -> which PMD, and what happened to it.
-Describe = Callable[[Era, State, State, int, list[Syscall]], str]
+# number, the restore's steps) -> the note (which PMD, what happened to it) and what refutes
+# the claim in the replayed states (Verdict.difference).
+Describe = Callable[[Era, State, State, int, list[Syscall]], tuple[str, list[str]]]
 
 
-def _lost_thp(era: Era, dump: State, st: State, n: int, steps: list[Syscall]) -> str:
+def _pmd(k: int) -> str:
+    return f"PMD {k} ({k * PMD_PAGES * PAGE:#x}-{(k + 1) * PMD_PAGES * PAGE:#x})"
+
+
+def _vma_at(era: Era, st: State, k: int) -> str:
+    """The VMA over PMD k as smaps shows it, with its AnonHugePages."""
+    v: Vma | None = next((v for v in observe(era, st, 0).vmas
+                          if v.start <= k * PMD_PAGES * PAGE < v.end), None)
+    return "no VMA" if v is None else f"{vma_text(v)} AnonHugePages {v.anon_huge_kb} kB"
+
+
+def _lost_thp(era: Era, dump: State, st: State, n: int, steps: list[Syscall]
+              ) -> tuple[str, list[str]]:
     k = next(k for k, (d, e) in enumerate(zip(dump.blocks, st.blocks)) if d.thp and not e.thp)
     now = "4 KiB pages" if all(c.pop for c in st.blocks[k].cells) else "not a THP"
-    return f"PMD {k} is a THP in the dump, {now} after the restore"
+    return (f"PMD {k} is a THP in the dump, {now} after the restore",
+            [f"{_pmd(k)}: dumped {_vma_at(era, dump, k)}; restored {_vma_at(era, st, k)}"])
 
 
-def _unlisted(era: Era, dump: State, st: State, n: int, steps: list[Syscall]) -> str:
+def _unlisted(era: Era, dump: State, st: State, n: int, steps: list[Syscall]
+              ) -> tuple[str, list[str]]:
     scan = [concrete.run_syscall(era, x, Khugepaged()).state for x in (dump, st)]
     lost = [k for k, (d, e) in enumerate(zip(*(x.blocks for x in scan))) if d.thp and not e.thp]
-    seen = (f"; after a khugepaged scan PMD {lost[0]} is a THP in the dumped process, not in "
-            "the restored one") if lost else ""
-    return "the restored mm is not on khugepaged's list after the restore" + seen
+    why = ["the dumped mm is on khugepaged's list (MMF_VM_HUGEPAGE), the restored one not"]
+    if lost:
+        k = lost[0]
+        why.append(f"after a khugepaged scan, {_pmd(k)}: dumped {_vma_at(era, scan[0], k)}; "
+                   f"restored {_vma_at(era, scan[1], k)}")
+    return "the restored mm is not on khugepaged's list after the restore", why
 
 
-def _new_thp(era: Era, dump: State, st: State, n: int, steps: list[Syscall]) -> str:
+def _new_thp(era: Era, dump: State, st: State, n: int, steps: list[Syscall]
+             ) -> tuple[str, list[str]]:
     k = next(k for k, (d, e) in enumerate(zip(dump.blocks, st.blocks))
              if disabled_pmd(PY, era, dump, k) and not d.thp and e.thp)
     why = "nh" if any(c.mapped and c.nh for c in dump.blocks[k].cells) else "THP-disabled"
-    return f"PMD {k} ({why} in the dump) is a THP from restore step {n} ({steps[n - 1].text()})"
+    return (f"PMD {k} ({why} in the dump) is a THP from restore step {n}",
+            [f"{_pmd(k)} is a THP after restore step {n} ({steps[n - 1].text()}): "
+             f"{_vma_at(era, st, k)}; dumped {_vma_at(era, dump, k)}"])
 
 
 @dataclass(frozen=True)
@@ -221,25 +244,29 @@ def _check(era: Era, protocol: str, shp: tuple[int, ...], name: str) -> Verdict:
         return Verdict("proved", "bounded", bound, vacuity=vac, quantified=q)
     if r != z3.sat:
         return Verdict("unknown", "bounded", bound, vacuity=vac, quantified=q, note=str(r))
-    # Readable first: a dump the dump script builds, cells on 1 MiB boundaries, a violation
-    # that lasts to the end of the restore.
+    # The least counterexample whose dump the dump script builds (not every dump is built
+    # so: a THP in an nh VMA, say); for criu-no-new-thp-in-nh preferably a THP that lasts.
     builder, built = dump_builder(era, protocol, shp)
-    nice = [c.start % (PMD_PAGES // 2) == 0 for c in cells(dump)]
-    tries = [[built, *nice, viol[-1]]] if claim.every_point else []
-    for extra in tries + [[built, *nice], [built]]:
-        r2, m2 = E.check(*facts, z3.Or(*viol), *extra)
-        if r2 == z3.sat:
-            m = m2
-            break
-    sysfs, n = E.val(m, dump.sysfs), len(shp)
+    guards = [True if g is None else g for _, _, g in run.log]
+    measures = _steps(dump, guards, 2 * len(claim.observe))
+    prefer = ([z3.If(viol[-1], 0, 1)] if claim.every_point else []) + _readable(dump)
+    buildable = E.check(*facts, z3.Or(*viol), built)[0] == z3.sat
+    m, least = minimal_model([*facts, z3.Or(*viol), *([built] if buildable else [])],
+                             measures, prefer)
+    if buildable:
+        least = "of the dumps the dump script builds, " + least
+    sysfs, n = E.val(m, dump.sysfs), _arena(dump, m)
     dump_steps, steps = builder.trace(m), run.trace(m)
-    cex = (replay(era, dump_steps + list(claim.observe), sysfs, n, "dump")
-           + replay(era, steps + list(claim.observe), sysfs, n, "restore"))
-    note = _replayed(era, claim, dump_steps, steps, sysfs, n, len(run.trace(m, b.lazy_from)))
-    if note is None:
+    observe_ = list(claim.observe)
+    cex = (replay(era, dump_steps + observe_, sysfs, n, "dump")
+           + replay(era, steps + observe_, sysfs, n, "restore", adversary=len(observe_)))
+    told = _replayed(era, claim, dump_steps, steps, sysfs, n, len(run.trace(m, b.lazy_from)))
+    if told is None:
         return Verdict("unknown", "bounded", bound, cex, vac, quantified=q,
                        note="the solver's counterexample does not replay")
-    return Verdict("refuted", "bounded", bound, cex, vac, quantified=q, note=note)
+    note, difference = told
+    return Verdict("refuted", "bounded", bound, cex, vac, quantified=q, note=note,
+                   minimal=least, difference=difference)
 
 
 def _build(r: Restore) -> None:
@@ -283,9 +310,9 @@ def _states(era: Era, steps: list[Syscall], sysfs: int, blocks: int) -> list[Sta
 
 
 def _replayed(era: Era, claim: Claim, dump_steps: list[Syscall], steps: list[Syscall],
-              sysfs: int, blocks: int, lazy_from: int) -> str | None:
+              sysfs: int, blocks: int, lazy_from: int) -> tuple[str, list[str]] | None:
     """The violation, as the interpreter shows it on the two scripts (None if it does not):
-    the sysfs mode, then the claim's own account (which PMD, after which restore step)."""
+    the claim's own account of it (which PMD, after which restore step) and what refutes."""
     dump = _states(era, dump_steps, sysfs, blocks)[-1]
     states = _states(era, steps, sysfs, blocks)[1:]
     points = list(enumerate(states, 1)) if claim.every_point else [(len(states),
@@ -293,7 +320,6 @@ def _replayed(era: Era, claim: Claim, dump_steps: list[Syscall], steps: list[Sys
     hit = next(((n, st) for n, st in points if claim.violated(PY, era, dump, st)), None)
     if hit is None:
         return None
-    text = claim.describe(era, dump, hit[1], hit[0], steps)
+    note, difference = claim.describe(era, dump, hit[1], hit[0], steps)
     phase = " and its lazy phase" if lazy_from < len(steps) and not claim.every_point else ""
-    head, sep, tail = text.partition(";")
-    return f"sysfs {SYSFS_MODES[sysfs]}: {head}{phase}{sep}{tail}"
+    return note + phase, difference
