@@ -37,8 +37,8 @@ from vmaflags.model.syscalls import (MADV_HUGEPAGE, MADV_NOHUGEPAGE, PAGE, PMD_P
 
 from . import engine as E
 from .protocols import PROTOCOLS, Protocol, Restore
-from .restore import (CRIU_SHAPE, _arena, _failed, _readable, _steps, _steps_run, dump_dims,
-                      dump_state, fresh_process)
+from .restore import (CRIU_SHAPE, Search, _arena, _failed, _least_of_bound, _readable, _steps,
+                      _steps_run, dump_dims, dump_state, fresh_process)
 from .verdict import Verdict, coverage, minimal_model, replay, sat_or_vacuous, shape_text, vma_text
 
 
@@ -237,36 +237,56 @@ def _check(era: Era, protocol: str, shp: tuple[int, ...], name: str) -> Verdict:
     q = {**q_dump, **q_premise, "restore steps": steps_run}
     vac = vac_dump + vac_premise + dead
     bound = shape_text(shp)
-    points = run.states[1:] if claim.every_point else [run.last]
-    viol = [claim.violated(Z3, era, dump, st) for st in points]
-    r, m = E.check(*facts, z3.Or(*viol))
+    r, _ = E.check(*facts, z3.Or(*_violations(era, claim, b)))
     if r == z3.unsat:
         return Verdict("proved", "bounded", bound, vacuity=vac, quantified=q)
     if r != z3.sat:
         return Verdict("unknown", "bounded", bound, vacuity=vac, quantified=q, note=str(r))
-    # The least counterexample whose dump the dump script builds (not every dump is built
-    # so: a THP in an nh VMA, say); for criu-no-new-thp-in-nh preferably a THP that lasts.
-    builder, built = dump_builder(era, protocol, shp)
-    guards = [True if g is None else g for _, _, g in run.log]
-    measures = _steps(dump, guards, 2 * len(claim.observe))
-    prefer = ([z3.If(viol[-1], 0, 1)] if claim.every_point else []) + _readable(dump)
-    buildable = E.check(*facts, z3.Or(*viol), built)[0] == z3.sat
-    m, least = minimal_model([*facts, z3.Or(*viol), *([built] if buildable else [])],
-                             measures, prefer)
+    # The least counterexample of the bound, one PMD first (_least_of_bound).
+    (b, builder, buildable), m, least = _least_of_bound(_search(era, protocol, claim), shp,
+                                                       one_pmd_first=True)
     if buildable:
         least = "of the dumps the dump script builds, " + least
-    sysfs, n = E.val(m, dump.sysfs), _arena(dump, m)
-    dump_steps, steps = builder.trace(m), run.trace(m)
+    sysfs, n = E.val(m, b.dump.sysfs), _arena(b.dump, m)
+    dump_steps, steps = builder.trace(m), b.run.trace(m)
     observe_ = list(claim.observe)
     cex = (replay(era, dump_steps + observe_, sysfs, n, "dump")
            + replay(era, steps + observe_, sysfs, n, "restore", adversary=len(observe_)))
-    told = _replayed(era, claim, dump_steps, steps, sysfs, n, len(run.trace(m, b.lazy_from)))
+    told = _replayed(era, claim, dump_steps, steps, sysfs, n, len(b.run.trace(m, b.lazy_from)))
     if told is None:
         return Verdict("unknown", "bounded", bound, cex, vac, quantified=q,
                        note="the solver's counterexample does not replay")
     note, difference = told
     return Verdict("refuted", "bounded", bound, cex, vac, quantified=q, note=note,
                    minimal=least, difference=difference)
+
+
+def _violations(era: Era, claim: Claim, b: BackingRun) -> list[Any]:
+    """The claim's violation at each point it is about."""
+    points = b.run.states[1:] if claim.every_point else [b.run.last]
+    return [claim.violated(Z3, era, b.dump, st) for st in points]
+
+
+def _search(era: Era, protocol: str, claim: Claim) -> Search:
+    """The counterexamples of a claim over the dumps of a shape whose restore completes, for
+    restore._least_of_bound: measured as the CRIU rows are (restore._steps), with the same
+    preferences, and for criu-no-new-thp-in-nh first a THP that lasts.  Only dumps the dump
+    script builds (not every dump is built so: a THP in an nh VMA, say), if there are any:
+    the tag says whether the facts ask for that."""
+    def search(shp: tuple[int, ...], tag: Any) -> tuple:
+        b = backing_run(era, protocol, shp)
+        builder, built = dump_builder(era, protocol, shp)
+        viol = _violations(era, claim, b)
+        facts = [b.dump_ok, *b.run.side, *(z3.Not(f) for f in _failed(b.run)), z3.Or(*viol)]
+        if not tag:  # True from one PMD holds for the bound
+            tag = E.check(*facts, built)[0] == z3.sat
+        if tag:
+            facts.append(built)
+        guards = [True if g is None else g for _, _, g in b.run.log]
+        prefer = ([z3.If(viol[-1], 0, 1)] if claim.every_point else []) + _readable(b.dump)
+        return (facts, _steps(b.dump, guards, 2 * len(claim.observe)), prefer,
+                (b, builder, tag), tag)
+    return search
 
 
 def _build(r: Restore) -> None:
