@@ -227,17 +227,20 @@ def check(*facts: Any, timeout_ms: int = 60000) -> tuple[z3.CheckSatResult, z3.M
 
 def satisfiable_each(facts: list[Any], queries: list[Any]) -> list[bool]:
     """For each query: are the facts and it satisfiable?  One incremental solver for all
-    (the queries are small additions to the same facts: coverage and vacuity checks)."""
+    (the queries are small additions to the same facts: coverage and vacuity checks).  Every
+    check is made after a push, also for a query that is True: before the first push Z3 runs
+    its non-incremental solver, 30x slower on a restore's facts."""
     s = z3.Solver()
     s.set("timeout", 60000)
     s.add(*facts)
     out = []
     for q in queries:
-        if q is True or q is False:
-            out.append(bool(q) and s.check() == z3.sat)
+        if q is False:
+            out.append(False)
             continue
         s.push()
-        s.add(q)
+        if q is not True:
+            s.add(q)
         out.append(s.check() == z3.sat)
         s.pop()
     return out

@@ -35,23 +35,33 @@ from .verdict import (Verdict, count, coverage, final, minimal_model, observed, 
 CRIU_SHAPE = (2, 2)
 
 
-def dump_state(era: Era, shp: tuple[int, ...]) -> tuple[State, Any]:
+def dump_state(era: Era, shp: tuple[int, ...], backed: bool = False) -> tuple[State, Any]:
     """A dumped process: any layout of VMAs over the cells, any hg/nh per VMA, any prctl mode
-    of the era, any sysfs mode; no uffd, no THP; `pop`: the pages written back before the lazy
-    phase (protocols.Restore.written).  Adjacent VMAs differ in hg/nh (VMAs with equal flags
+    of the era, any sysfs mode; no uffd.  Adjacent VMAs differ in hg/nh (VMAs with equal flags
     that did not merge differ only in anon_vma, which no restore can reproduce: not part of
-    the claim)."""
+    the claim).  No THP, not on khugepaged's list, and `pop`: the pages written back before
+    the lazy phase (protocols.Restore.written) -- unless `backed` (backing.py): THPs wherever
+    a PMD lies inside one VMA, any khugepaged registration, and `pop` the pages present."""
     st = symbolic.state(shp, "dump")
     cs = cells(st)
-    c = [sane(st), era_mm(era, st.mm), z3.Not(st.mm.registered)]
+    c = [sane(st), era_mm(era, st.mm), *([] if backed else [z3.Not(st.mm.registered)])]
     for i, x in enumerate(cs):
         c += [z3.Not(x.um), z3.Not(x.uw)]
         if i:
             p = cs[i - 1]
             c.append(z3.Implies(z3.And(x.mapped, p.mapped, x.brk),
                                 z3.Or(x.hg != p.hg, x.nh != p.nh)))
-    c += [z3.Not(blk.thp) for blk in st.blocks]
+    c += [z3.Implies(blk.thp, arena.in_one_vma(Z3, blk.cells)) if backed else z3.Not(blk.thp)
+          for blk in st.blocks]
     return st, z3.And(*c)
+
+
+def fresh_process(dump: State) -> State:
+    """The restoring process's arena before its first step: nothing mapped, no prctl, the
+    dump's cell bounds and sysfs mode."""
+    return State(tuple(blk._replace(thp=Z3.F, ptable=Z3.F, cow=Z3.F, cells=tuple(
+        hole(c.start, c.end) for c in blk.cells)) for blk in dump.blocks),
+        Mm(Z3.F, Z3.F, Z3.F, Z3.F), dump.sysfs, 1)
 
 
 @lru_cache(maxsize=None)
@@ -59,10 +69,7 @@ def restore_run(era: Era, protocol: str, shp: tuple[int, ...]
                 ) -> tuple[State, Any, E.Run, Restore]:
     """The protocol's symbolic run over a symbolic dump (shared by the two CRIU theorems)."""
     dump, dump_ok = dump_state(era, shp)
-    st0 = State(tuple(blk._replace(thp=Z3.F, ptable=Z3.F, cow=Z3.F, cells=tuple(
-        hole(c.start, c.end) for c in blk.cells))
-        for blk in dump.blocks), Mm(Z3.F, Z3.F, Z3.F, Z3.F), dump.sysfs, 1)
-    run = E.Run(era, [st0])
+    run = E.Run(era, [fresh_process(dump)])
     r = Restore(run, dump, PROTOCOLS[protocol])
     r.protocol.steps(r)
     return dump, dump_ok, run, r

@@ -29,6 +29,7 @@ from vmaflags.model.syscalls import (MADV_CLR_HUGEPAGE, MADV_COLLAPSE, MADV_NOHU
                                      PMD_PAGES, Execve, Fork, Madvise, Mmap, PrctlSet, Syscall)
 
 from . import engine as E
+from .backing import criu_khugepaged_registered, criu_no_new_thp_in_nh, criu_thp_kept
 from .contract import (any_step, collapse_fills_holes, documented_returns, fork_and_exec,
                        pages_arrive, status_shows_prctl, sysfs_is_global,
                        uffd_leaves_no_trace)
@@ -402,6 +403,14 @@ THEOREMS: dict[str, Theorem] = {t.id: t for t in (
             protocols=True, depends=("hg-nh-exclusive", "restore-frame")),
     Theorem("no-collapse-window", "no PMD still missing dumped pages can become a THP during "
             "the restore", no_collapse_window, protocols=True, depends=("restore-frame",)),
+    Theorem("criu-thp-kept", "every PMD that is a THP in the dump is one after the restore "
+            "and its lazy phase", criu_thp_kept, protocols=True),
+    Theorem("criu-khugepaged-registered", "a dumped mm on khugepaged's list, with a PMD to "
+            "scan, is on it after the restore and its lazy phase", criu_khugepaged_registered,
+            protocols=True),
+    Theorem("criu-no-new-thp-in-nh", "no PMD the dump has nh or THP-disabled, and not as a "
+            "THP, is a THP at any point of the restore", criu_no_new_thp_in_nh,
+            protocols=True),
     Theorem("restore-frame", "the lemmas that take the CRIU theorems to any number of VMAs "
             "and PMDs", restore_frame),
     Theorem("clr-is-neutral", "after MADV_CLR_HUGEPAGE a VMA's flags and eligibility equal a "

@@ -18,10 +18,10 @@ from vmaflags.model import ERAS, concrete, rules
 from vmaflags.model import step as S
 from vmaflags.model.state import Flags
 from vmaflags.model.backend import Z3
-from vmaflags.model.syscalls import (MADV_NOHUGEPAGE, STEPS, Mmap, Step, UffdRegister,
-                                     parse_step)
+from vmaflags.model.syscalls import (MADV_COLLAPSE, MADV_NOHUGEPAGE, PMD_PAGES, STEPS, Madvise,
+                                     Mmap, Step, UffdRegister, parse_step)
 from vmaflags.proofs import engine as E
-from vmaflags.proofs import contract, restore, states
+from vmaflags.proofs import backing, contract, restore, states
 from vmaflags.proofs import theorems as T
 from vmaflags.proofs.command import WIDTH, era_of, obligations, work
 from vmaflags.proofs.expected import EXPECTED
@@ -35,6 +35,8 @@ def clear_caches():
     """Symbolic runs and memoised concrete steps come from the (maybe mutated) rules."""
     restore.restore_run.cache_clear()
     contract.any_step.cache_clear()
+    for f in (backing.backing_run, backing._assumptions, backing.dump_builder):
+        f.cache_clear()
     concrete.clear_caches()
 
 
@@ -377,9 +379,39 @@ def _madvise_leaks(B, era, st, a, b, advice):
         c._replace(hg=B.or_(c.hg, next(it))) for c in b.cells)) for b in new.blocks))
 
 
+def _fault_ignores_prctl(B, era, f, mm, *rest):
+    return ORIG["fault_huge_pmd"](B, era, f, mm._replace(disable=B.F, except_adv=B.F), *rest)
+
+
+def _madvise_never_lists(B, era, st, a, b, advice):
+    """madvise() without hugepage_madvise()'s khugepaged_enter_vma()."""
+    ret, new = ORIG_STEP["madvise"](B, era, st, a, b, advice)
+    return ret, new._replace(mm=new.mm._replace(registered=st.mm.registered))
+
+
+def _advice_splits_thps(B, era, st, a, b, advice):
+    """madvise(MADV_[NO]HUGEPAGE) splits every THP it covers."""
+    ret, new = ORIG_STEP["madvise"](B, era, st, a, b, advice)
+    inside = [B.and_(a <= k * PMD_PAGES, (k + 1) * PMD_PAGES <= b) for k in range(len(st.blocks))]
+    return ret, new._replace(blocks=tuple(
+        blk._replace(thp=B.and_(blk.thp, B.not_(x)), ptable=B.or_(blk.ptable, B.and_(blk.thp, x)))
+        for blk, x in zip(new.blocks, inside)))
+
+
+def _collapse_thps(r):
+    """A plain restore that MADV_COLLAPSEs each PMD the dump has as a THP after writing the
+    pages, before the madv bits and the prctl: it keeps every THP."""
+    r.each_vma(r.mmap)
+    r.populate()
+    for k, blk in enumerate(r.dump.blocks):
+        r.run.do(Madvise(0, 0, MADV_COLLAPSE), (k * PMD_PAGES, (k + 1) * PMD_PAGES), blk.thp)
+    r.each_vma(r.restore_madv)
+    r.prctl(r.saved_bool())
+
+
 ORIG = {n: getattr(rules, n) for n in ("hugepage_madvise", "collapse_pmd",
                                         "thp_vma_allowable", "mm_init",
-                                        "prctl_set_thp_disable")}
+                                        "prctl_set_thp_disable", "fault_huge_pmd")}
 ORIG_STEP = {n: getattr(S, n) for n in ("khugepaged", "transition", "madvise")}
 
 MUTATIONS = [
@@ -410,12 +442,18 @@ MUTATIONS = [
     ("sysfs-is-global", None, "mmf", S, "transition", _sysfs_ignored),
     ("collapse-fills-holes", None, "mmf-except-advised", rules, "collapse_pmd",
      _any_hole_aborts),
+    ("criu-thp-kept", _collapse_thps, "mmf", S, "madvise", _advice_splits_thps),
+    ("criu-khugepaged-registered", "3.5-plain", "mmf", S, "madvise", _madvise_never_lists),
+    ("criu-no-new-thp-in-nh", "3.19-lazy-predump", "mmf", rules, "fault_huge_pmd",
+     _fault_ignores_prctl),
 ]
 
 
 @pytest.mark.parametrize("theorem, protocol, era, module, name, mutant", MUTATIONS,
                          ids=[f"{m[0]}-{m[4]}" for m in MUTATIONS])
 def test_mutation_flips_verdict(monkeypatch, theorem, protocol, era, module, name, mutant):
+    if callable(protocol):  # a plain restore of the test's own
+        protocol = _protocol(monkeypatch, protocol, base="3.19-plain")
     assert verdict(theorem, era, protocol).verdict == "proved"
     monkeypatch.setattr(module, name, mutant)
     clear_caches()
