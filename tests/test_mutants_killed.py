@@ -27,9 +27,9 @@ from vmaflags.proofs.states import sane
 E61, E612, E618 = ERAS["mmf"].at("6.1"), ERAS["mmf"], ERAS["mmf-except-advised"]
 E40 = ERAS["def-flags"].at("4.0")  # hugepage_madvise() refuses advice whose bit is set
 MADVISE = SYSFS_MODES.index("madvise")  # the mode each script starts in
-# the three kernels the test VMs and this host run; before 6.16 only the first two
+# the kernels of the test VMs and of this host; those before 6.16 (and 6.18)
 EACH = pytest.mark.parametrize("era", [E61, E612, E618], ids=["6.1", "6.12", "6.18"])
-BEFORE_616 = pytest.mark.parametrize("era", [E61, E612], ids=["6.1", "6.12"])
+BEFORE_616 = BEFORE_618 = pytest.mark.parametrize("era", [E61, E612], ids=["6.1", "6.12"])
 
 
 def lines(era, text):
@@ -231,6 +231,14 @@ def test_madvise_stops_at_a_failing_vma_before_4_5(text, want):
     assert (ret(out[-1]), vmas(out[-1])) == ("-EINVAL", want)
 
 
+def test_madvise_error_of_a_range_after_other_vmas_before_4_5():
+    """The walk starts at the range (4.0 madvise(): find_vma_prev(start)); the VMA before it is
+    not looked at, and the error is the failing VMA's EINVAL."""
+    out = lines(E40, "arena 2; mmap 0 4M; madvise 2M 2M nohugepage; madvise 2M 2M nohugepage")
+    assert (ret(out[-1]), vmas(out[-1])) == ("-EINVAL",
+                                             "0x0-0x200000:-:-:0,0x200000-0x400000:nh:-:0")
+
+
 def test_failed_madvise_hugepage_does_not_register_before_4_5():
     """4.0 hugepage_madvise() returns EINVAL before khugepaged_enter_vma_merge(): the mm of a
     written hg VMA (its write under `never` took the PTE path) stays off khugepaged's list."""
@@ -294,12 +302,16 @@ def test_collapse_skips_a_pmd_across_two_vmas(era):
     """MADV_COLLAPSE (6.12 mm/khugepaged.c madvise_collapse) and khugepaged
     (khugepaged_scan_mm_slot) walk one VMA at a time, over the aligned PMDs between
     round_up(vm_start) and round_down(vm_end): the PMD [2M, 4M) that [0, 3M) and [3M, 6M)
-    share is in neither's range and keeps its PTEs."""
+    share is in neither's range and keeps its PTEs, so the page at 3M is still missing
+    (UFFDIO_COPY fills it)."""
     text = "arena 3; mmap 0 6M; madvise 3M 3M hugepage; touch 0 4K; touch 2M 4K; touch 4M 4K; "
-    assert vmas(lines(era, text + "madvise 0 6M collapse")[-1]) == (
-        "0x0-0x300000:-:0:2048,0x300000-0x600000:hg:1:2048")
-    assert vmas(lines(era, text + "sysfs always; khugepaged")[-1]) == (
-        "0x0-0x300000:-:1:2048,0x300000-0x600000:hg:1:2048")
+    check = "; uffd_register 3M 3M missing; uffd_copy 3M 4K"
+    out = lines(era, text + "madvise 0 6M collapse" + check)
+    assert vmas(out[-3]) == "0x0-0x300000:-:0:2048,0x300000-0x600000:hg:1:2048"
+    assert ret(out[-1]) == "0"
+    out = lines(era, text + "sysfs always; khugepaged" + check)
+    assert vmas(out[-3]) == "0x0-0x300000:-:1:2048,0x300000-0x600000:hg:1:2048"
+    assert ret(out[-1]) == "0"
 
 
 @EACH
@@ -343,6 +355,81 @@ def test_madv_collapse_of_an_empty_page_table(era, want):
     out = lines(era, "arena 1; mmap 0 2M; uffd_register 0 2M missing; touch 0 4K;"
                      " uffd_unregister 0 2M; madvise 0 2M collapse")
     assert (ret(out[-1]), vmas(out[-1]).split(":")[3]) == want
+
+
+@EACH
+def test_collapse_twice_after_fork(era):
+    """A failed collapse changes no PTE (hpage_collapse_scan_pmd only reads them), so a PMD
+    that fork write-protected fails again with SCAN_PAGE_RO before 6.18."""
+    out = lines(era, "arena 2; mmap 0 4M; touch 0 4K; touch 2M 4K; fork;"
+                     " madvise 0 2M collapse; madvise 0 2M collapse")
+    want = ("0", "2048") if era is E618 else ("-EINVAL", "0")
+    assert [(ret(x), vmas(x).split(":")[3]) for x in out[-2:]] == [want, want]
+
+
+@EACH
+def test_madv_collapse_leaves_a_forked_thp_write_protected(era):
+    """MADV_COLLAPSE of a PMD-mapped THP is SCAN_PMD_MAPPED: a success that changes nothing,
+    so the PMD fork write-protected stays so, and its split gives read-only PTEs
+    (__split_huge_pmd_locked) that fail SCAN_PAGE_RO before 6.18."""
+    out = lines(era, "arena 1; mmap 0 2M; madvise 0 2M hugepage; touch 0 4K; fork;"
+                     " madvise 0 2M collapse; madvise 1M 4K nohugepage; madvise 1M 4K hugepage;"
+                     " madvise 0 2M collapse")
+    assert ret(out[-4]) == "0"
+    assert vmas(out[-2]) == "0x0-0x200000:hg:1:0"
+    want = ("0", "2048") if era is E618 else ("-EINVAL", "0")
+    assert (ret(out[-1]), vmas(out[-1]).split(":")[3]) == want
+
+
+@BEFORE_618
+def test_madv_collapse_errno_is_the_vmas_own(era):
+    """6.12 mm/khugepaged.c madvise_collapse() keeps last_fail per call on one VMA: [0, 2M)
+    collapses, so its result is 0 and the walk goes on; [2M, 6M) collapses its first PMD and
+    fails its second (SCAN_PAGE_RO, written before fork only), and returns EINVAL."""
+    out = lines(era, "arena 3; sysfs never; mmap 0 6M; madvise 2M 4M hugepage; touch 0 4K;"
+                     " touch 2M 4K; touch 4M 4K; fork; touch 0 4K; touch 2M 4K;"
+                     " madvise 0 6M collapse")
+    assert (ret(out[-1]), vmas(out[-1])) == (
+        "-EINVAL", "0x0-0x200000:-:0:2048,0x200000-0x600000:hg:0:2048")
+
+
+@EACH
+def test_madv_collapse_walk_ends_at_the_first_failing_vma(era):
+    """6.12 mm/madvise.c madvise_walk_vmas(): `if (error) return error;` -- after [0, 2M)
+    fails (VM_NOHUGEPAGE: thp_vma_allowable_order() is false, EINVAL) neither later VMA is
+    visited, however many pieces the first one is in."""
+    out = lines(era, "arena 3; mmap 0 6M; madvise 0 2M nohugepage; madvise 2M 2M hugepage;"
+                     " touch 4K 4K; touch 2M 4K; touch 4M 4K; madvise 0 6M collapse")
+    assert (ret(out[-1]), vmas(out[-1])) == (
+        "-EINVAL", "0x0-0x200000:nh:0:0,0x200000-0x400000:hg:1:2048,0x400000-0x600000:-:0:0")
+
+
+# --- khugepaged registration: a merge of MADV_HUGEPAGE, and writes that take no huge path ----
+
+@EACH
+def test_madvise_hugepage_registers_through_its_merge(era):
+    """MADV_HUGEPAGE on [0, 1M), which holds no aligned PMD and no anon_vma, merges it with the
+    written hg VMA [1M, 3M): the merged VMA holds [0, 2M) and an anon_vma, and the merge calls
+    khugepaged_enter_vma() on it (6.1 mm/mmap.c vma_merge(); 6.12 mm/vma.c
+    vma_merge_existing_range(), and mm/madvise.c madvise_update_vma() on the same VMA)."""
+    text = "arena 2; mmap 0 4M; madvise 1M 2M hugepage; touch 1M 4K"
+    assert final_state(era, text).mm.registered is False
+    assert final_state(era, text + "; madvise 0 1M hugepage").mm.registered is True
+
+
+@EACH
+@pytest.mark.parametrize("text", [
+    # a write into a THP takes no fault (MADV_COLLAPSE made it, and does not register)
+    "arena 1; sysfs always; prctl_set 1 0 0 0; mmap 0 2M; touch 0 4K; prctl_set 0 0 0 0;"
+    " madvise 0 2M collapse; touch 0 4K",
+    # a write into a PMD that has a PTE table takes the PTE path, whatever the PMD next to it
+    "arena 2; prctl_set 1 0 0 0; mmap 0 4M; madvise 0 4M hugepage; touch 0 4K;"
+    " prctl_set 0 0 0 0; touch 4K 4K",
+], ids=["into a THP", "into a PTE table"])
+def test_writes_off_the_huge_path_do_not_register(era, text):
+    """do_huge_pmd_anonymous_page() calls khugepaged_enter_vma(); __handle_mm_fault() goes
+    there only for the faulting address's PMD, and only if it is pmd_none()."""
+    assert final_state(era, text).mm.registered is False
 
 
 # --- a walk stops at its first failure --------------------------------------------------------
@@ -470,6 +557,7 @@ REGISTERED = ("arena 2\nmmap 0 4M\nmadvise 0 2M hugepage\ntouch 0 4K\nmadvise 2M
 AGREE_PATHS = [
     ("mmf@6.1", REGISTERED), ("mmf", REGISTERED), ("mmf-except-advised", REGISTERED),
     ("def-flags@4.0", "arena 2\nmmap 0 4M\nmadvise 0 2M hugepage\nmadvise 0 4M hugepage"),
+    ("def-flags@4.0", "arena 2\nmmap 0 4M\nmadvise 0 2M hugepage\nmadvise 2M 2M hugepage"),
     ("def-flags@4.0", "arena 3\nmmap 0 6M\nmadvise 2M 2M hugepage\ntouch 2M 4K\ntouch 0 4K\n"
      "madvise 0 6M hugepage"),
 ]
