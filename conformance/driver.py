@@ -123,8 +123,9 @@ class Executor:
         return not self.queued or (sum(n for _, n in self.queued) + len(script_bytes(script))
                                    <= self.PENDING)
 
-    def submit(self, script: Script, timeout: float = 60) -> None:
+    def submit(self, script: Script, timeout: float | None = None) -> None:
         body = script_bytes(script)
+        timeout = script_timeout(script) if timeout is None else timeout
         data = b"script %d %d\n" % (len(body), math.ceil(timeout)) + body
         try:
             self.proc.stdin.write(data)  # type: ignore[union-attr]
@@ -237,7 +238,16 @@ def executor(clr_hugepage: int | None = None) -> Iterator[Executor]:
         raise
 
 
-def run_kernel(script: Script, clr_hugepage: int | None = None, timeout: float = 60) -> Trace:
+def script_timeout(script: Script) -> float:
+    """How long the server lets a script run: a minute for its syscalls, plus what each
+    `khugepaged MS` step may wait (MS, or 20 s for 0): under load each wait can run its
+    course, so a fixed limit would cut a script of several waits short."""
+    waits = sum((s.ms or 20000) / 1000 for s in script.steps if isinstance(s, Khugepaged))
+    return min(60 + waits, 2.0 ** 32)  # the server reads an unsigned long
+
+
+def run_kernel(script: Script, clr_hugepage: int | None = None,
+               timeout: float | None = None) -> Trace:
     with executor(clr_hugepage) as ex:
         ex.submit(script, timeout)
         return ex.collect()
@@ -335,13 +345,13 @@ class Checked:
         return len(self.kernel)
 
 
-def check(era: Era, script: Script, sysfs: int, timeout: float = 60) -> Checked:
+def check(era: Era, script: Script, sysfs: int, timeout: float | None = None) -> Checked:
     """Run `script` on the kernel and the model (overlapped) and compare.  `sysfs` must be the
     kernel's THP `enabled` mode when the script starts (0 always, 1 madvise, 2 never)."""
     return check_many(era, [script], sysfs, timeout)[0]
 
 
-def check_many(era: Era, scripts: list[Script], sysfs: int, timeout: float = 60
+def check_many(era: Era, scripts: list[Script], sysfs: int, timeout: float | None = None
                ) -> list[Checked]:
     """Several scripts, each in a fresh executor child, submitted ahead of the model (as many as
     Executor.room allows)."""

@@ -78,7 +78,7 @@ def _dumps(era: Era, protocol: str) -> Iterator[list[dict]]:
         m = s.model()
         got = [d == m.eval(d, model_completion=True) for d in (*dims, dump.sysfs)]
         s.add(z3.Not(z3.And(*got)))
-        yield restore._criu_cex(era, dump, run, m, shp)
+        yield restore._criu_cex(era, dump, run, m)
 
 
 def _script(steps: list[dict], process: str) -> Script | None:

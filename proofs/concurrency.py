@@ -34,7 +34,7 @@ from vmaflags.model.syscalls import (MADV_HUGEPAGE, MADV_NOHUGEPAGE, PAGE, PMD_P
                                      Mmap, PrctlSet, Syscall, parse_script)
 
 from . import engine as E
-from .verdict import Verdict, replay
+from .verdict import Verdict, replay, role_of
 
 KERNEL = locks.KERNEL
 # Vlastimil Babka's hypothesis (seed thread, 24 May 2017): "the racers will have mmap_sem for
@@ -235,10 +235,11 @@ def collapse_respects_nh(era: Era, protocol: str, d: Discipline = KERNEL,
             if r == z3.sat:
                 m = canonical([*sg.facts, *il.facts, *ok, prot], il.positions,
                               *([sg.dump] if sg.dump is not None else []), seq.states[0])
-                return Verdict("refuted", "bounded", bound,
-                               _trace(era, seq, micro, il, m, k, khugepaged, sg),
+                cex = _trace(era, seq, micro, il, m, k, khugepaged, sg)
+                return Verdict("refuted", "bounded", bound, cex,
                                note=f"PMD {k}: {'khugepaged' if khugepaged else 'MADV_COLLAPSE'}"
-                                    " installs a THP while it is protected")
+                                    " installs a THP while it is protected",
+                               difference=[cex[-1]["observation"]], minimal=CANONICAL)
             if r != z3.unsat:
                 return Verdict("unknown", "bounded", bound, note=str(r))
             reached = reached or E.check(*sg.facts, *il.facts, *ok)[0] == z3.sat
@@ -280,7 +281,9 @@ def fault_vs_prctl(era: Era, d: Discipline = KERNEL) -> Verdict:
         return Verdict("proved", "bounded", bound, vacuity=vac)
     if r != z3.sat:
         return Verdict("unknown", "bounded", bound, note=str(r))
-    return Verdict("refuted", "bounded", bound, _fault_trace(era, seq, micro, il, m), vac,
+    cex = _fault_trace(era, seq, micro, il, m)
+    return Verdict("refuted", "bounded", bound, cex, vac, difference=[cex[-1]["observation"]],
+                   minimal=CANONICAL,
                    note=f"the fault checked before the prctl and installs after it "
                         f"({locks.fault_hold(era).text()} does not exclude the prctl's "
                         f"{locks.syscall_hold(era, d, PrctlSet()).text()})")
@@ -297,6 +300,10 @@ def _fault_state(era: Era) -> tuple[State, Any]:
 
 
 # ---- traces ------------------------------------------------------------------------------------
+
+CANONICAL = ("the earliest interleaving (each step of the collapse or fault as early as it "
+             "can be), then the least start state")
+
 
 def canonical(facts: list[Any], positions: list[Any], *starts: State) -> z3.ModelRef:
     """The counterexample printed: the lexicographically least interleaving (every micro-step
@@ -350,7 +357,8 @@ def _render(era: Era, events: list[tuple[str, Any, Hold, str]], sysfs: int, bloc
             text = what
         out.append({"process": thread, "step": i, "syscall": text, "locks": hold.text(),
                     "observation": last if i == len(events) else state,
-                    "sysfs": obs[0]["sysfs"] if obs else "", "arena": blocks})
+                    "sysfs": obs[0]["sysfs"] if obs else "", "arena": blocks,
+                    "role": role_of(thread)})
     return out
 
 
@@ -410,6 +418,18 @@ EXPECTED: dict[tuple[str, str | None, str], tuple[str, str]] = {
     **{("fault-vs-prctl", None, e): (
         "refuted", "6.4+ faults hold the VMA lock, which the prctl does not take")
        for e in ("mmf", "mmf-except-advised", "mmf-clr")},
+}
+# What each claims (issue 12's statements), for `vmaflags prove --list`.
+STATEMENTS = {
+    "collapse-respects-nh": "for every interleaving of one collapse (khugepaged, or "
+    "MADV_COLLAPSE from another process) with a restore protocol, no THP is installed in a "
+    "PMD after the step that protects it (MADV_NOHUGEPAGE, the prctl, or UFFDIO_REGISTER "
+    "over holes) has returned",
+    "collapse-race-if-madvise-read-locked": "the same for MADV_NOHUGEPAGE, with madvise "
+    "under the read lock and no revalidation under the write lock (Vlastimil Babka's "
+    "hypothesis, 2017)",
+    "fault-vs-prctl": "a page fault cannot install a THP after prctl(PR_SET_THP_DISABLE, 1) "
+    "has returned",
 }
 THEOREMS = {"collapse-respects-nh": collapse_respects_nh,
             "collapse-race-if-madvise-read-locked": collapse_race_if_madvise_read_locked,

@@ -8,6 +8,7 @@ points of a restore after a failed step are not examined by no-collapse-window.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -23,12 +24,13 @@ from vmaflags.model.observe import observe, vma_fact
 from vmaflags.model.state import Mm, State, cells, empty_state, hole
 from vmaflags.model.syscalls import (MADV_COLLAPSE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, PAGE,
                                      PMD_PAGES, Khugepaged, Madvise, Mmap, PrctlSet, Syscall,
-                                     Touch)
+                                     Touch, parse_step)
 
 from . import engine as E
 from .protocols import PROTOCOLS, Restore, pr_get
 from .states import era_mm, era_modes, sane, vm_flags
-from .verdict import Verdict, coverage, replay, sat_or_vacuous, shape_text
+from .verdict import (Verdict, count, coverage, final, minimal_model, observed, replay,
+                      sat_or_vacuous, shape_text, vma_difference)
 
 CRIU_SHAPE = (2, 2)
 
@@ -148,7 +150,7 @@ def _observed(line: str, names: tuple[str, ...]) -> tuple:
 
 def _dump_script(era: Era, dump: State, m: z3.ModelRef) -> list[Syscall]:
     """A script that builds the dumped process (for replay on a kernel): its VMAs, their
-    advice, its present pages, then its prctl mode."""
+    advice, its present pages, then its prctl mode.  `_dump_measures` counts its steps."""
     ev = lambda x: E.val(m, x)  # noqa: E731
     out: list[Syscall] = []
     cs = cells(dump)
@@ -171,11 +173,97 @@ def _dump_script(era: Era, dump: State, m: z3.ModelRef) -> list[Syscall]:
     return out
 
 
-def _criu_cex(era: Era, dump: State, run: E.Run, m: z3.ModelRef, shp: tuple[int, ...],
-              upto: int | None = None, extra: list[Syscall] = ()) -> list[dict]:
-    sysfs = E.val(m, dump.sysfs)
-    return (replay(era, _dump_script(era, dump, m), sysfs, len(shp), "dump")
-            + replay(era, run.trace(m, upto) + list(extra), sysfs, len(shp), "restore"))
+# --- the least counterexample -------------------------------------------------------------
+
+def _dump_measures(dump: State) -> tuple[Any, list[tuple[str, Any]]]:
+    """The number of steps of `_dump_script`, and what a smaller dump has fewer of: VMAs,
+    advised VMAs, populated cells, prctl calls, PMDs (the arena it needs)."""
+    cs = cells(dump)
+    starts = [z3.And(c.mapped, z3.Not(v.same)) for c, v in zip(cs, arena.vma_views(Z3, cs))]
+    pop = [z3.And(c.mapped, c.pop) for c in cs]
+    prctl = count([z3.Or(dump.mm.except_adv, dump.mm.disable, dump.mm.def_nh)])
+    steps = (count(starts) + count([z3.And(s, c.hg) for s, c in zip(starts, cs)])
+             + count([z3.And(s, c.nh) for s, c in zip(starts, cs)]) + count(pop) + prctl)
+    used = [z3.Or(*(c.mapped for blk in dump.blocks[k:] for c in blk.cells))
+            for k in range(1, len(dump.blocks))]
+    return steps, [("VMAs", count(starts)),
+                   ("advised VMAs", count([z3.And(s, z3.Or(c.hg, c.nh))
+                                           for s, c in zip(starts, cs)])),
+                   ("populated cells", count(pop)), ("prctl calls", prctl),
+                   ("PMDs", 1 + count(used))]
+
+
+def _readable(dump: State) -> list[Any]:
+    """Among equally small dumps: sysfs `madvise` (the usual default, so a replay needs no
+    sysfs write), cell bounds on 1 MiB, then cell by cell mapped from the arena's start,
+    the least flags and pages, the least mm bits (each a weighted sum: one objective)."""
+    cs = cells(dump)
+
+    def first(bits: list[Any]) -> Any:  # the earlier a true bit, the heavier
+        return z3.Sum(*(z3.If(b, 2 ** (len(bits) - 1 - i), 0) for i, b in enumerate(bits)))
+
+    return [z3.If(dump.sysfs == 1, 0, 1),
+            count([c.start % (PMD_PAGES // 2) != 0 for c in cs]),
+            first([z3.Not(c.mapped) for c in cs]),
+            first([b for c in cs for b in (c.hg, c.nh, c.pop)]),
+            first(list(dump.mm))]
+
+
+Search = Callable[[tuple[int, ...], Any], tuple[list[Any], list[tuple[str, Any]], list[Any],
+                                                Any, Any]]
+
+
+def _least_of_bound(search: Search, shp: tuple[int, ...], one_pmd_first: bool = False
+                    ) -> tuple[Any, z3.ModelRef, str]:
+    """The least counterexample of the bound `shp`.  `search(shape)` gives the facts of a
+    counterexample, the measures to minimise in order, readability preferences, a context
+    (the symbolic run) and a tag saying which counterexamples the facts admit (it may take
+    the tag of one PMD as a hint: what one PMD admits, its bound does).  With
+    `one_pmd_first`, one PMD is tried first, where the formula is a fraction of the size
+    (it pays for no-collapse-window's, quantified over the restore points): a trace there is
+    one of the bound too, so if the bound admits the same kind (same tag) and none of it is
+    smaller by the measures (one check), it is the least of the bound."""
+    if one_pmd_first and len(shp) > 1:
+        facts, measures, prefer, ctx, tag = search(shp[:1], None)
+        if E.check(*facts)[0] == z3.sat:
+            m, least = minimal_model(facts, measures, prefer)
+            values = [E.val(m, t) for _, t in measures]
+            bfacts, bmeasures, _, _, btag = search(shp, tag)
+            if btag == tag and E.check(*bfacts, _lex_less([t for _, t in bmeasures], values)
+                                        )[0] == z3.unsat:
+                return ctx, m, least
+    facts, measures, prefer, ctx, _ = search(shp, None)
+    m, least = minimal_model(facts, measures, prefer)
+    return ctx, m, least
+
+
+def _lex_less(terms: list[Any], values: list[int]) -> Any:
+    """The terms, in order, are lexicographically less than the values."""
+    return z3.Or(*(z3.And(*(t == v for t, v in zip(terms[:i], values[:i])),
+                          terms[i] < values[i]) for i in range(len(terms))))
+
+
+def _steps(dump: State, restore_steps: list[Any], extra: Any = 0) -> list[tuple[str, Any]]:
+    """The measures of a CRIU counterexample: its steps (the dump script's, the restore's
+    that run, `extra`), then the dump's (_dump_measures)."""
+    dump_steps, measures = _dump_measures(dump)
+    return [("steps", dump_steps + count(restore_steps) + extra), *measures]
+
+
+def _arena(dump: State, m: z3.ModelRef) -> int:
+    """The PMDs the counterexample needs: up to the last one with a dumped VMA."""
+    return max([1] + [k + 1 for k, blk in enumerate(dump.blocks)
+                      if any(E.val(m, c.mapped) for c in blk.cells)])
+
+
+def _criu_cex(era: Era, dump: State, run: E.Run, m: z3.ModelRef, upto: int | None = None,
+              extra: list[Syscall] = ()) -> list[dict]:
+    """The dumped process and the restore (up to step `upto`, then the adversary's `extra`
+    steps), replayed in the arena the dump needs."""
+    sysfs, blocks = E.val(m, dump.sysfs), _arena(dump, m)
+    return (replay(era, _dump_script(era, dump, m), sysfs, blocks, "dump")
+            + replay(era, run.trace(m, upto) + list(extra), sysfs, blocks, "restore",
+                     adversary=len(extra)))
 
 
 def _final(era: Era, steps: list[Syscall], sysfs: int, blocks: int) -> str:
@@ -186,6 +274,21 @@ def _final(era: Era, steps: list[Syscall], sysfs: int, blocks: int) -> str:
         res = concrete.run_syscall(era, st, sc)
         st, ret = res.state, res.ret
     return observe(era, st, ret).text()
+
+
+def _restored_difference(era: Era, cex: list[dict], sysfs: int, blocks: int,
+                         observations: tuple[str, ...]) -> list[str]:
+    """What the replayed restore gives back differently from the replayed dump, in the
+    compared observations (uffd flags are not compared: the lazy phase is still to come)."""
+    dumped = final(era, cex, "dump", sysfs, blocks)
+    restored = final(era, cex, "restore", sysfs, blocks)
+    out = vma_difference(("dumped", "restored"), dumped, restored, uffd=False,
+                         eligible="eligible" in observations)
+    if "get" in observations and dumped.get != restored.get:
+        out.append(f"PR_GET: dumped {dumped.get}, restored {restored.get}")
+    if not any(s["process"] == "restore" for s in cex):
+        out.append("(the restore makes no syscall: the restored process is a fresh one)")
+    return out
 
 
 # The unbounded arguments (README.md): the bounded run of the row, the lemmas of restore-frame
@@ -227,35 +330,63 @@ def criu_restore_original(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_S
     bound = shape_text(shp)
     same = z3.And(*(OBSERVATIONS[n](era, dump, run.last) for n in observations))
     failed = _failed(run)
-    r, m = E.check(*facts, z3.Or(*failed))
+    r, _ = E.check(*facts, z3.Or(*failed))
     if r == z3.sat:
-        k = next(n for n, f in enumerate(failed) if E.val(m, f))
-        cex = _criu_cex(era, dump, run, m, shp, upto=k + 1)
+        (cdump, crun, cfailed, _), m, least = _least_of_bound(
+            _restore_search(era, protocol, observations, aborted=True), shp)
+        k = next(n for n, f in enumerate(cfailed) if E.val(m, f))
+        cex = _criu_cex(era, cdump, crun, m, upto=k + 1)
         step = [d for d in cex if d["process"] == "restore"][-1]
-        if parse_line("0 " + step["observation"])[1].ret == 0:
+        ret = step["observation"].split()[0][4:]
+        if ret == "0":
             return Verdict("unknown", "bounded", bound, cex, vac, quantified=q,
                            note="the failing restore step does not fail when replayed")
         rest, _ = E.check(*facts, z3.Not(z3.Or(*failed)), z3.Not(same))
         where = "proved" if rest == z3.unsat else "refuted" if rest == z3.sat else "unknown"
         return Verdict("aborted", "bounded", bound, cex, vac, quantified=q,
                        note=f"restore step {step['step']} ({step['syscall']}) returns "
-                            f"{step['observation'].split()[0][4:]}: CRIU stops the restore; "
-                            f"where no step fails: {where}")
-    r, m = E.check(*facts, z3.Not(same))
+                            f"{ret}: CRIU stops the restore; where no step fails: {where}",
+                       difference=[f"restore step {step['step']}, {step['syscall']}: {ret}"],
+                       minimal=least)
+    r, _ = E.check(*facts, z3.Not(same))
     if r == z3.unsat:
         return Verdict("proved", "unbounded (per-VMA)", vacuity=vac, quantified=q,
                        argument=PER_VMA, cross_check=f"bounded [{bound}]: proved")
     if r != z3.sat:
         return Verdict("unknown", "bounded", bound, vacuity=vac, quantified=q, note=str(r))
-    cex = _criu_cex(era, dump, run, m, shp)
+    (dump, run, _, _), m, least = _least_of_bound(
+        _restore_search(era, protocol, observations, aborted=False), shp)
+    blocks = _arena(dump, m)
+    cex = _criu_cex(era, dump, run, m)
     sysfs = E.val(m, dump.sysfs)
-    if (_observed(_final(era, _dump_script(era, dump, m), sysfs, len(shp)), observations)
-            == _observed(_final(era, run.trace(m), sysfs, len(shp)), observations)):
+    if (_observed(_final(era, _dump_script(era, dump, m), sysfs, blocks), observations)
+            == _observed(_final(era, run.trace(m), sysfs, blocks), observations)):
         return Verdict("unknown", "bounded", bound, cex, vac, quantified=q,
                        note="the solver's counterexample does not replay")
     differs = [n for n in observations if not E.val(m, OBSERVATIONS[n](era, dump, run.last))]
     return Verdict("refuted", "bounded", bound, cex, vac, quantified=q,
-                   note="differs in " + ", ".join(differs))
+                   note="differs in " + ", ".join(differs), minimal=least,
+                   difference=_restored_difference(era, cex, sysfs, blocks, observations))
+
+
+def _restore_search(era: Era, protocol: str, observations: tuple[str, ...], aborted: bool
+                    ) -> Search:
+    """The restores that abort (the steps up to the first that fails), or that complete
+    and differ in a compared observation, of the dumps of a shape (_least_of_bound)."""
+    def search(shp: tuple[int, ...], _: Any) -> tuple:
+        dump, dump_ok, run, _ = restore_run(era, protocol, shp)
+        failed = _failed(run)
+        guards = [True if g is None else g for _, _, g in run.log]
+        same = z3.And(*(OBSERVATIONS[n](era, dump, run.last) for n in observations))
+        if aborted:
+            facts = [dump_ok, *run.side, z3.Or(*failed)]
+            steps = [z3.And(g, *(z3.Not(f) for f in failed[:n]))
+                     for n, g in enumerate(guards)]
+        else:
+            facts = [dump_ok, *run.side, z3.Not(z3.Or(*failed)), z3.Not(same)]
+            steps = guards
+        return facts, _steps(dump, steps), _readable(dump), (dump, run, failed, same), None
+    return search
 
 
 # --- no-collapse-window -----------------------------------------------------------------------
@@ -267,21 +398,34 @@ def criu_restore_original(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_S
 ADVERSARIES = ("khugepaged", "collapse")
 
 
-def no_collapse_window(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_SHAPE,
-                       adversaries: tuple[str, ...] = ADVERSARIES) -> Verdict:
-    """At every point of a lazy restore (before each step and after the last) that the
-    restore reaches without a failed step: no PMD holding lazy pages (protocols.Restore.lazy:
-    UFFDIO_COPY brings them after the restore) is a THP, or becomes one by a khugepaged scan
-    or by MADV_COLLAPSE on it (any process may ask: process_madvise).  A THP there has
-    zero-filled them, and the later UFFDIO_COPY fails with EEXIST.  khugepaged is assumed to
-    have the mm on its list."""
+@dataclass
+class Window:
+    """no-collapse-window over the dumps of one arena shape: the restore's run, and an
+    adversary built once on a state h that is the restore's state at point j."""
+
+    dump: State
+    run: E.Run
+    rst: Restore
+    facts: list[Any]  # the dumps and the run
+    failed: list[Any]  # per restore step: it ran and failed
+    h: State
+    j: Any
+    at: list[Any]  # j == n: h is the state after n steps, none of which failed
+    lazy_blk: list[Any]  # per PMD: it holds lazy pages
+    bad: list[Any]  # per (PMD, adversary) of `where`: the PMD with lazy pages becomes a THP
+    where: list[tuple[int, str]]
+
+    @property
+    def points(self) -> list[Any]:
+        return [*self.facts, self.j >= 0, self.j < len(self.run.states), *self.at]
+
+
+def window(era: Era, protocol: str, shp: tuple[int, ...], adversaries: tuple[str, ...]
+           ) -> Window:
     dump, dump_ok, run, rst = restore_run(era, protocol, shp)
     if not rst.protocol.lazy:
         raise ValueError(f"{protocol} is not a lazy restore")
-    facts = [dump_ok, *run.side]
-    bound = shape_text(shp)
     failed = _failed(run)
-    # The adversary is built once, on a state h that is one of the restore's states.
     h = symbolic.state(shp, "h")
     j = z3.Int(E.fresh("point"))
     at = [z3.Implies(j == n, z3.And(*(_eq(x, y) for x, y in zip(
@@ -302,6 +446,22 @@ def no_collapse_window(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_SHAP
             if what in made:
                 bad.append(z3.And(lazy_blk[k], made[what]))
                 where.append((k, what))
+    return Window(dump, run, rst, [dump_ok, *run.side], failed, h, j, at, lazy_blk, bad,
+                  where)
+
+
+def no_collapse_window(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_SHAPE,
+                       adversaries: tuple[str, ...] = ADVERSARIES) -> Verdict:
+    """At every point of a lazy restore (before each step and after the last) that the
+    restore reaches without a failed step: no PMD holding lazy pages (protocols.Restore.lazy:
+    UFFDIO_COPY brings them after the restore) is a THP, or becomes one by a khugepaged scan
+    or by MADV_COLLAPSE on it (any process may ask: process_madvise).  A THP there has
+    zero-filled them, and the later UFFDIO_COPY fails with EEXIST.  khugepaged is assumed to
+    have the mm on its list."""
+    w = window(era, protocol, shp, adversaries)
+    dump, run, rst, facts, failed = w.dump, w.run, w.rst, w.facts, w.failed
+    lazy_blk, where, h = w.lazy_blk, w.where, w.h
+    bound = shape_text(shp)
     sat_or_vacuous("dumps", *facts)
     q, vac = coverage(facts, dump_dims(era, dump))
     q["restore steps"], dead = _steps_run(facts, run)
@@ -330,33 +490,91 @@ def no_collapse_window(era: Era, protocol: str, shp: tuple[int, ...] = CRIU_SHAP
     q["adversaries"] = f"{len({w for _, w in where})}/{len(exist)}"
     if not where:
         vac.append("no adversary exists in this era")
-    r, m = E.check(*facts, j >= 0, j < len(run.states), *at, z3.Or(*bad))
+    r, _ = E.check(*w.points, z3.Or(*w.bad))
     if r == z3.unsat:
         # the per-PMD invariant of the unbounded argument (PER_PMD), on the same points
         broken = z3.Or(*(z3.And(lazy_blk[k], z3.Not(_safe_pmd(era, h, k)))
                          for k in range(len(h.blocks))))
-        if E.check(*facts, j >= 0, j < len(run.states), *at, broken)[0] == z3.unsat:
+        if E.check(*w.points, broken)[0] == z3.unsat:
             return Verdict("proved", "unbounded (per-PMD)", vacuity=vac, quantified=q,
                            argument=PER_PMD, cross_check=f"bounded [{bound}]: proved")
         return Verdict("proved", "bounded", bound, vacuity=vac, quantified=q,
                        note="the per-PMD invariant does not hold: no unbounded argument")
     if r != z3.sat:
         return Verdict("unknown", "bounded", bound, vacuity=vac, quantified=q, note=str(r))
+    w, m, least = _least_of_bound(_window_search(era, protocol, adversaries, w), shp,
+                                  one_pmd_first=True)
     # MADV_COLLAPSE first where both would: its replay on a kernel needs no khugepaged timing
-    found = [w for b, w in zip(bad, where) if E.val(m, b)]
-    k, what = min(found, key=lambda w: (w[1] != "collapse", w))
-    point = E.val(m, j)
-    if E.val(m, h.blocks[k].thp):
+    found = [x for b, x in zip(w.bad, w.where) if E.val(m, b)]
+    k, what = min(found, key=lambda x: (x[1] != "collapse", x))
+    point = E.val(m, w.j)
+    if E.val(m, w.h.blocks[k].thp):
         what = "is a THP"
     extra = {"is a THP": [], "khugepaged": [Khugepaged()],
              "collapse": [Madvise(k * PMD_PAGES * PAGE, PMD_PAGES * PAGE, MADV_COLLAPSE)]}[what]
-    cex = _criu_cex(era, dump, run, m, shp, upto=point, extra=extra)
+    blocks = _arena(w.dump, m)
+    cex = _criu_cex(era, w.dump, w.run, m, upto=point, extra=extra)
     taken = len([d for d in cex if d["process"] == "restore"]) - len(extra)
     note = f"PMD {k} after restore step {taken}: {what}"
-    if not _replays_thp(era, run.trace(m, point), E.val(m, dump.sysfs), len(shp), k, what):
+    sysfs = E.val(m, w.dump.sysfs)
+    thp, assumed = _replays_thp(era, w.run.trace(m, point), sysfs, blocks, k, what)
+    if not thp:
         return Verdict("unknown", "bounded", bound, cex, vac, quantified=q,
                        note=note + "; does not replay")
-    return Verdict("refuted", "bounded", bound, cex, vac, quantified=q, note=note)
+    return Verdict("refuted", "bounded", bound, cex, vac, quantified=q, note=note,
+                   minimal=least, difference=_window_difference(
+                       cex, k, taken, what, assumed, rst.protocol.parent))
+
+
+def _window_search(era: Era, protocol: str, adversaries: tuple[str, ...], built: Window
+                   ) -> Search:
+    """The counterexamples of no-collapse-window over the dumps of a shape
+    (_least_of_bound; `built`: the window of one shape, already built), measured by their
+    steps (the dump's, the restore's before the point, the adversary's unless the PMD
+    already is a THP), then by the dump.  Only traces whose replay shows the THP by itself
+    (a collapse, or khugepaged with the mm on its list, which the theorem assumes) if there
+    are any: the tag says whether the facts ask for one."""
+    def search(shp: tuple[int, ...], tag: Any) -> tuple:
+        w = (built if shp == tuple(len(b.cells) for b in built.dump.blocks)
+             else window(era, protocol, shp, adversaries))
+        h = w.h
+        already = z3.Or(*(z3.And(w.lazy_blk[k], h.blocks[k].thp)
+                          for k in range(len(h.blocks))))
+        shown = z3.Or(already, h.mm.registered, *(b for b, (_, x) in zip(w.bad, w.where)
+                                                  if x == "collapse"))
+        facts = [*w.points, z3.Or(*w.bad)]
+        if not tag:  # True from one PMD holds for the bound
+            tag = E.check(*facts, shown)[0] == z3.sat
+        if tag:
+            facts.append(shown)
+        guards = [True if g is None else g for _, _, g in w.run.log]
+        restore = [z3.And(w.j > n, g) for n, g in enumerate(guards)]
+        return (facts, _steps(w.dump, restore, z3.If(already, 0, 1)), _readable(w.dump), w,
+                tag)
+    return search
+
+
+def _window_difference(cex: list[dict], k: int, taken: int, what: str, assumed: bool,
+                       parent: bool) -> list[str]:
+    """PMD k is a THP while pages of the dump in it are still to come by UFFDIO_COPY (the
+    dumped VMAs there, less the pages the dump wrote, if the restore writes them back)."""
+    lo, hi = k * PMD_PAGES * PAGE, (k + 1) * PMD_PAGES * PAGE
+    dump = [d for d in cex if d["process"] == "dump"]
+    vmas = observed(dump[-1]).vmas if dump else ()
+    lazy = [(max(v.start, lo), min(v.end, hi)) for v in vmas if v.start < hi and v.end > lo]
+    if parent:
+        for d in dump:
+            sc = parse_step(d["syscall"])
+            if isinstance(sc, Touch):
+                lazy = [piece for a, b in lazy for piece in ((a, min(b, sc.off)),
+                                                            (max(a, sc.off + sc.len), b))
+                        if piece[0] < piece[1]]
+    by = {"is a THP": f"after restore step {taken}",
+          "khugepaged": "by khugepaged" + (" (the mm put on its list, as the theorem "
+                                           "assumes)" if assumed else ""),
+          "collapse": "by MADV_COLLAPSE"}[what]
+    return [f"PMD {k} ({lo:#x}-{hi:#x}) is a THP {by} while "
+            + ", ".join(f"{a:#x}-{b:#x}" for a, b in lazy) + " of it await UFFDIO_COPY"]
 
 
 def _safe_pmd(era: Era, st: State, k: int) -> Any:
@@ -373,19 +591,21 @@ def _safe_pmd(era: Era, st: State, k: int) -> Any:
 
 
 def _replays_thp(era: Era, steps: list[Syscall], sysfs: int, blocks: int, k: int,
-                 what: str) -> bool:
+                 what: str) -> tuple[bool, bool]:
     """The interpreter, run on the trace, shows PMD k as a THP (after the adversary, which
-    for khugepaged runs with the mm on khugepaged's list, as the theorem assumes)."""
+    for khugepaged runs with the mm on khugepaged's list, as the theorem assumes); and
+    whether that needed the assumption (the trace did not put the mm on the list)."""
     st = empty_state(blocks, sysfs)
     for sc in steps:
         st = concrete.run_syscall(era, st, sc).state
+    assumed = what == "khugepaged" and not st.mm.registered
     if what == "khugepaged":
         st = st._replace(mm=st.mm._replace(registered=True))
         st = concrete.run_syscall(era, st, Khugepaged()).state
     elif what == "collapse":
         sc = Madvise(k * PMD_PAGES * PAGE, PMD_PAGES * PAGE, MADV_COLLAPSE)
         st = concrete.run_syscall(era, st, sc).state
-    return bool(st.blocks[k].thp)
+    return bool(st.blocks[k].thp), assumed
 
 
 def _eq(a: Any, b: Any) -> Any:

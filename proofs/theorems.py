@@ -18,12 +18,13 @@ from typing import Any, Callable
 
 import z3
 
-from vmaflags.model import rules
+from vmaflags.model import concrete, rules
 from vmaflags.model import step as S
 from vmaflags.model import symbolic
-from vmaflags.model.backend import Z3
+from vmaflags.model.backend import PY, Z3
 from vmaflags.model.eras import Era
-from vmaflags.model.state import Flags, Mm, State, cells
+from vmaflags.model.observe import flag_text, observe
+from vmaflags.model.state import Flags, Mm, State, cells, empty_state
 from vmaflags.model.syscalls import (MADV_CLR_HUGEPAGE, MADV_COLLAPSE, MADV_NOHUGEPAGE,
                                      PMD_PAGES, Execve, Fork, Madvise, Mmap, PrctlSet, Syscall)
 
@@ -34,8 +35,8 @@ from .contract import (any_step, collapse_fills_holes, documented_returns, fork_
 from .frame import restore_frame
 from .restore import criu_restore_original, no_collapse_window
 from .states import Inputs, inputs, sane, state, state_dims
-from .verdict import (Vacuous, Verdict, coverage, enabled, replay, sat_or_vacuous,
-                      shape_text)
+from .verdict import (Vacuous, Verdict, count, coverage, enabled, final, minimal_model,
+                      observed, replay, sat_or_vacuous, shape_text, vma_difference, vma_text)
 
 def _sysfs(m: z3.ModelRef, st: State) -> int:
     return E.val(m, st.sysfs)
@@ -43,22 +44,35 @@ def _sysfs(m: z3.ModelRef, st: State) -> int:
 
 # --- bounded search from the empty process ------------------------------------------------------
 
+def readable(run: E.Run) -> list[Any]:
+    """Among equally short runs: the fewest failing steps, sysfs `madvise` (the usual
+    default, so a replay needs no sysfs write), cell bounds on 1 MiB boundaries, then ranges
+    from the lowest addresses."""
+    st0 = run.states[0]
+    starts = [z3.If(c.pick == i, args[0], 0) for c in run.choices
+              for i, args in enumerate(c.args) if len(args) == 2]
+    return [count([z3.Not(r == 0) for r in run.rets if not isinstance(r, int)]),
+            z3.If(st0.sysfs == 1, 0, 1),
+            count([c.start % (PMD_PAGES // 2) != 0 for c in cells(st0)]),
+            z3.Sum(*starts) if starts else z3.IntVal(0)]
+
+
+def shortest(k: int) -> str:
+    return f"fewest steps ({k}): none shorter from a fresh process"
+
+
 def bmc(era: Era, shp: tuple[int, ...], depth: int, bad: Callable[[E.Run], Any],
         options: Callable[[bool], list[Syscall]]) -> tuple[E.Run, z3.ModelRef] | None:
     """Shortest run from a fresh process (any sysfs mode) whose last step makes `bad` true;
-    `options(last)` gives the syscalls a step may take."""
+    `options(last)` gives the syscalls a step may take.  Among the shortest, a readable one."""
     for k in range(1, depth + 1):
-        for nice in (True, False):
-            st0, wf = E.empty(shp)
-            run = E.Run(era, [st0])
-            for j in range(k):
-                run.step(options(j == k - 1))
-            facts = [wf, *run.side, bad(run)]
-            if nice:  # readable traces first: cell bounds on 1 MiB boundaries
-                facts += [c.start % (PMD_PAGES // 2) == 0 for c in cells(st0)]
-            r, m = E.check(*facts)
-            if r == z3.sat:
-                return run, m
+        st0, wf = E.empty(shp)
+        run = E.Run(era, [st0])
+        for j in range(k):
+            run.step(options(j == k - 1))
+        facts = [wf, *run.side, bad(run)]
+        if E.check(*facts)[0] == z3.sat:
+            return run, minimal_model(facts, [], readable(run))[0]
     return None
 
 
@@ -88,8 +102,12 @@ def hg_nh_exclusive(era: Era) -> Verdict:
                 lambda last: E.alphabet(era))
     if found:
         rn, mm = found
+        cex = _trace(era, rn, mm, shp)
+        both = [vma_text(v) for v in final(era, cex, "run", 1, len(shp)).vmas
+                if {"hg", "nh"} <= set(v.flags.split("+"))]
         return Verdict("refuted", "bounded", f"{len(rn.choices)} steps, {shape_text(shp)}",
-                       _trace(era, rn, mm, shp), vac + bad, quantified=q)
+                       cex, vac + bad, quantified=q, minimal=shortest(len(rn.choices)),
+                       difference=[f"a VMA with both hg and nh: {', '.join(both)}"])
     return Verdict("unknown", "bounded", f"4 steps, {shape_text(shp)}", None, vac + bad,
                    "not inductive, and no violation within 4 steps", quantified=q)
 
@@ -146,28 +164,27 @@ def prctl_transparent(era: Era) -> Verdict:
 
     # shortest violation from a fresh process
     for k in range(1, 5):
-        for nice in (True, False):
-            st0, wf = E.empty(shp)
-            ra, rb = E.Run(era, [st0]), E.Run(era, [st0])
-            toggles = [z3.Bool(E.fresh("toggle")) for _ in range(k)]
-            for t in toggles:
-                product_step(ra, rb, t)
-            facts = [wf, *ra.side, z3.Not(z3.And(*(E.flags_equal(x, y) for x, y in
-                                                    zip(cells(ra.last), cells(rb.last)))))]
-            if nice:
-                facts += [c.start % (PMD_PAGES // 2) == 0 for c in cells(st0)]
-            r, m = E.check(*facts)
-            if r == z3.sat:
-                cex = _two_runs(era, ra, m, shp)
-                flags = [tuple(v.split(":")[1] for v in line.split("vmas=")[1].split(",") if v)
-                         for line in (next(d["observation"] for d in reversed(cex)
-                                           if d["process"] == p)
-                                      for p in ("with toggles", "without toggles"))]
-                bound = f"{k} steps, {shape_text(shp)}"
-                if flags[0] == flags[1]:
-                    return Verdict("unknown", "bounded", bound, cex, vac, quantified=q,
-                                   note="the solver's counterexample does not replay")
-                return Verdict("refuted", "bounded", bound, cex, vac, quantified=q)
+        st0, wf = E.empty(shp)
+        ra, rb = E.Run(era, [st0]), E.Run(era, [st0])
+        toggles = [z3.Bool(E.fresh("toggle")) for _ in range(k)]
+        for t in toggles:
+            product_step(ra, rb, t)
+        facts = [wf, *ra.side, z3.Not(z3.And(*(E.flags_equal(x, y) for x, y in
+                                                zip(cells(ra.last), cells(rb.last)))))]
+        if E.check(*facts)[0] != z3.sat:
+            continue
+        m, _ = minimal_model(facts, [], readable(ra))
+        cex = _two_runs(era, ra, m, shp)
+        sysfs = _sysfs(m, st0)
+        with_t, without = (final(era, cex, p, sysfs, len(shp))
+                           for p in ("with toggles", "without toggles"))
+        diff = vma_difference(("with toggles", "without"), with_t, without, eligible=False)
+        bound = f"{k} steps, {shape_text(shp)}"
+        if not diff:
+            return Verdict("unknown", "bounded", bound, cex, vac, quantified=q,
+                           note="the solver's counterexample does not replay")
+        return Verdict("refuted", "bounded", bound, cex, vac, quantified=q,
+                       minimal=shortest(k), difference=diff)
     return Verdict("unknown", "bounded", f"4 steps, {shape_text(shp)}", vacuity=vac,
                    quantified=q, note="not inductive; no violation found")
 
@@ -229,10 +246,17 @@ def clr_is_neutral(era: Era) -> Verdict:
         v.note = "the rule differs; no trace within 4 steps shows it"
         return v
     rn, m = found
-    fr = rules.new_vma_flags(Z3, era, rn.last.mm)
-    fresh_text = "hg" if E.val(m, fr.hg) else "nh" if E.val(m, fr.nh) else "-"
     v.counterexample = _trace(era, rn, m, shp)
-    v.note = f"after the CLR the VMA differs from a fresh mmap now ({fresh_text})"
+    v.minimal = shortest(len(rn.choices))
+    # the replayed state: the VMA the CLR left, and what a fresh mmap would get now
+    st = empty_state(len(shp), _sysfs(m, rn.states[0]))
+    for sc in rn.trace(m):
+        st = concrete.run_syscall(era, st, sc).state
+    fresh = rules.new_vma_flags(PY, era, st.mm)
+    after = [vma_text(x, eligible=False) for x in observe(era, st, 0).vmas]
+    v.difference = [f"after MADV_CLR_HUGEPAGE: {', '.join(after)}; a fresh mmap now: "
+                    f"{flag_text(fresh.hg, fresh.nh, False, False)}"]
+    v.note = "after the CLR the VMA differs from a fresh mmap now"
     return v
 
 
@@ -266,8 +290,14 @@ def no_return_to_neither(era: Era) -> Verdict:
         return Verdict("unknown", "bounded", f"3 steps, {shape_text(shp)}", vacuity=vac,
                        quantified=q)
     rn, m = found
-    return Verdict("refuted", "bounded", f"{len(rn.choices)} steps, {shape_text(shp)}",
-                   _trace(era, rn, m, shp), vac, quantified=q)
+    cex = _trace(era, rn, m, shp)
+    k = len(cex)
+    before = (observed(cex[-2]) if k > 1 else
+              observe(era, empty_state(len(shp), _sysfs(m, rn.states[0])), 0))
+    return Verdict("refuted", "bounded", f"{len(rn.choices)} steps, {shape_text(shp)}", cex,
+                   vac, quantified=q, minimal=shortest(len(rn.choices)),
+                   difference=vma_difference((f"before step {k}", "after it"), before,
+                                             observed(cex[-1]), eligible=False))
 
 
 def eligibility_monotone(era: Era) -> Verdict:

@@ -69,7 +69,16 @@ def run(script: Path = typer.Argument(..., help="script file (conformance/SCRIPT
 
 @app.command()
 def prove(theorem: Optional[List[str]] = typer.Option(None, "--theorem", help="theorem id"),
-          era: Optional[List[str]] = typer.Option(None, "--era", help="era id (repeatable)"),
+          era: Optional[List[str]] = typer.Option(
+              None, "--era", help="era id, or a row's era@kernel (repeatable)"),
+          protocol: Optional[List[str]] = typer.Option(
+              None, "--protocol", help="restore protocol or sequence (repeatable)"),
+          concurrency: bool = typer.Option(
+              False, "--concurrency", help="the interleaving obligations instead"),
+          list_: bool = typer.Option(False, "--list", help="the theorems and their eras"),
+          script: Optional[str] = typer.Option(
+              None, "--script", help="write the counterexample of one --theorem, --era "
+              "(and --protocol) as a replay file (- for stdout)"),
           json_out: bool = typer.Option(False, "--json", help="JSON on stdout"),
           ktap: bool = typer.Option(False, "--ktap", help="KTAP on stdout")) -> None:
     """Prove or refute the theorem catalogue, per era; non-zero if a verdict is unexpected."""
@@ -77,7 +86,10 @@ def prove(theorem: Optional[List[str]] = typer.Option(None, "--theorem", help="t
 
     if json_out and ktap:
         fail("choose one of --json and --ktap")
-    raise typer.Exit(run_prove(theorem, eras_or_fail(era), json_out, ktap))
+    if sum([json_out or ktap, list_, script is not None]) > 1:
+        fail("--list and --script take no other output option: choose one")
+    raise typer.Exit(run_prove(theorem, era or [], json_out, ktap, protocol, concurrency,
+                               list_, script))
 
 
 @app.command()
@@ -113,6 +125,22 @@ def replay(script: str = typer.Argument(..., help="replay file (a script, or `#!
 
 
 @app.command()
+def reproduce(theorem: str = typer.Argument(..., help="theorem id (vmaflags prove)"),
+              era: str = typer.Option(..., "--era", help="era id, or era@kernel as prove "
+                                      "prints it"),
+              protocol: Optional[str] = typer.Option(None, "--protocol",
+                                                     help="restore protocol (CRIU theorems)"),
+              out: Optional[Path] = typer.Option(
+                  None, "--out", help="write the standalone program and the kselftest here "
+                  "(default: the standalone program on stdout)")) -> None:
+    """A refuted obligation's counterexample as C: a standalone program and a
+    kselftest_harness.h test that run it on a kernel and check what the model predicts."""
+    from vmaflags.conformance.reproduce import command
+
+    raise typer.Exit(command(theorem, era, protocol, None if out is None else str(out)))
+
+
+@app.command()
 def stress(tries: int = typer.Option(500, help="tries per race (each in a fresh process)"),
            seconds: float = typer.Option(20.0, help="time limit per race"),
            json_out: bool = typer.Option(False, "--json", help="JSON on stdout")) -> None:
@@ -126,46 +154,94 @@ def stress(tries: int = typer.Option(500, help="tries per race (each in a fresh 
 @app.command()
 def report(out: Path = typer.Option(..., "--out", help="directory for the report files"),
            from_file: Optional[Path] = typer.Option(
-               None, "--from", help="render a results.json of an earlier report again"),
+               None, "--from", help="render the results.json of an earlier report again "
+               "(nothing runs)"),
+           results: Optional[Path] = typer.Option(
+               None, "--results", help="a directory of saved JSON (prove, conform, vm run, "
+               "vm matrix, vm criu, stress --json) to include"),
+           live: bool = typer.Option(True, "--live/--no-live",
+                                     help="run conform and stress on this machine's kernel"),
+           kernel: Optional[List[str]] = typer.Option(
+               None, "--kernel", help="a test-VM kernel to run (vmaflags vm run; repeatable)"),
            examples: int = typer.Option(200, help="random sequences per kernel"),
            seed: int = typer.Option(20251130, help="seed for the random sequences"),
-           kernel: Optional[List[str]] = typer.Option(
-               None, "--kernel", help="test-VM kernels to include (vmaflags vm)"),
-           tries: int = typer.Option(300, help="tries per live race")) -> None:
-    """Write report.html, report.md and report.txt (and results.json) from live results."""
+           tries: int = typer.Option(300, help="tries per live race"),
+           seconds: float = typer.Option(20.0, help="time limit per live race")) -> None:
+    """Write report.html, report.md and report.txt (and results.json, the replay files of the
+    counterexamples and the state machines as SVG) from live and saved results."""
     import json
+    import math
 
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from vmaflags.report import collect, render, saved
 
-    from vmaflags.report import collect, render
-
-    if examples < 0 or tries < 1:
-        fail("--examples must be >= 0 and --tries >= 1")
-    if from_file is not None:
-        try:
-            res = collect.load(from_file)
-        except (OSError, ValueError) as e:
-            fail(f"{from_file}: {getattr(e, 'strerror', None) or e}")
-    else:
+    if examples < 0 or tries < 1 or not 0 < seconds < math.inf:
+        fail("--examples must be >= 0, --tries >= 1 and --seconds > 0")
+    if from_file is not None and (results is not None or kernel):
+        fail("--from renders saved results as they are: no --results or --kernel with it")
+    try:
         if kernel:
             from vmaflags.conformance.vm import kernels
-            try:
-                for k in kernel:
-                    kernels.resolve_name(k)
-            except ValueError as e:
-                fail(str(e))
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                      console=Console(stderr=True), transient=True) as p:
-            task = p.add_task("collecting")
-            res = collect.collect(examples, seed, list(kernel or []), tries, 20.0,
-                                  lambda what: p.update(task, description=what))
+            for k in kernel:
+                kernels.resolve_name(k)
+        res = saved.load(from_file) if from_file is not None else None
+        if res is not None and saved.kind(res) != "report":
+            fail(f"{from_file}: not the results.json of vmaflags report")
+        found = saved.load_dir(results) if results is not None else {}
+    except (ValueError, saved.BadResults) as e:
+        fail(str(e))
+    progress = _ReportProgress(Console(stderr=True))
     try:
-        files = render.write(res, out)
+        if res is None:
+            res = collect.collect(progress, live=live, examples=examples, seed=seed,
+                                  kernels=tuple(kernel or ()), tries=tries, seconds=seconds,
+                                  saved=found)
+        progress("writing the report", 0, 1)
+        out.mkdir(parents=True, exist_ok=True)
+        # first: what was collected survives a failure to render
         (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+        files = render.write(res, out)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
     except OSError as e:
-        fail(f"{out}: {e.strerror}")
+        fail(f"{e.filename or out}: {e.strerror}")
+    finally:
+        progress.stop()
     for f in files:
         typer.echo(str(f))
+
+
+class _ReportProgress:
+    """`vmaflags report`'s display on stderr: the phase, a bar when it counts, the time.  A
+    phase with a display of its own (total 0: prove, conform, vm run) gets the terminal to
+    itself, after one line naming it."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn,
+                                   TextColumn, TimeElapsedColumn)
+
+        self.console = console
+        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                            MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                            transient=True)
+        self.task = self.bar.add_task("", total=None)
+        self.live = False
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if total == 0:
+            self.stop()
+            self.console.print(f"report: {what}", highlight=False)
+            return
+        if not self.live:
+            self.bar.start()
+            self.live = True
+        if what != self.bar.tasks[0].description:  # a new phase: its own elapsed time
+            self.bar.reset(self.task, description=what, total=total)
+        self.bar.update(self.task, completed=done, total=total)
+
+    def stop(self) -> None:
+        if self.live:
+            self.bar.stop()
+            self.live = False
 
 
 vm_app = typer.Typer(no_args_is_help=True,
