@@ -80,7 +80,8 @@ def test_merge_both_needs_compatible_anon_vmas(era, writes, want):
     merge_left), which with merge_left also needs are_anon_vmas_compatible(prev, next)
     (is_mergeable_anon_vma: equal, or one is NULL); otherwise only prev is merged.  6.1
     mm/mmap.c vma_merge(): merge_prev && merge_next && is_mergeable_anon_vma(prev->anon_vma,
-    next->anon_vma, NULL), else merge_prev alone.  6.18 keeps can_vma_merge_right's check."""
+    next->anon_vma, NULL), else merge_prev alone.  6.16+ can_vma_merge_right() spells the
+    same check out: !prev->anon_vma || !next->anon_vma || prev->anon_vma == next->anon_vma."""
     out = lines(era, BOTH + writes + "madvise 2M 2M hugepage")
     assert vmas(out[-1]) == want
 
@@ -209,7 +210,6 @@ def test_uffd_register_skips_vmas_with_the_mode(era, mode, flags):
 
 # --- madvise's walk stops at the first VMA that fails (only before 4.5 does one fail) ---------
 
-
 @pytest.mark.parametrize("text, want", [
     # the first VMA fails: nothing after it is advised
     ("arena 2; mmap 0 4M; madvise 0 2M hugepage; madvise 0 4M hugepage",
@@ -295,53 +295,7 @@ def test_khugepaged_leaves_a_forked_thp_write_protected(era, want):
     assert (ret(out[-1]), vmas(out[-1]).split(":")[3]) == want
 
 
-# --- collapse only of PMDs inside one VMA, and not of uffd-armed holes ----------------------
-
-@EACH
-def test_collapse_skips_a_pmd_across_two_vmas(era):
-    """MADV_COLLAPSE (6.12 mm/khugepaged.c madvise_collapse) and khugepaged
-    (khugepaged_scan_mm_slot) walk one VMA at a time, over the aligned PMDs between
-    round_up(vm_start) and round_down(vm_end): the PMD [2M, 4M) that [0, 3M) and [3M, 6M)
-    share is in neither's range and keeps its PTEs, so the page at 3M is still missing
-    (UFFDIO_COPY fills it)."""
-    text = "arena 3; mmap 0 6M; madvise 3M 3M hugepage; touch 0 4K; touch 2M 4K; touch 4M 4K; "
-    check = "; uffd_register 3M 3M missing; uffd_copy 3M 4K"
-    out = lines(era, text + "madvise 0 6M collapse" + check)
-    assert vmas(out[-3]) == "0x0-0x300000:-:0:2048,0x300000-0x600000:hg:1:2048"
-    assert ret(out[-1]) == "0"
-    out = lines(era, text + "sysfs always; khugepaged" + check)
-    assert vmas(out[-3]) == "0x0-0x300000:-:1:2048,0x300000-0x600000:hg:1:2048"
-    assert ret(out[-1]) == "0"
-
-
-@EACH
-def test_khugepaged_skips_holes_of_a_wp_registered_vma(era):
-    """6.12 mm/khugepaged.c hpage_collapse_scan_pmd(): a none PTE in a userfaultfd_armed()
-    VMA is SCAN_EXCEED_NONE_PTE, and userfaultfd_armed() (include/linux/userfaultfd_k.h) tests
-    all of __VM_UFFD_FLAGS, VM_UFFD_WP as well as VM_UFFD_MISSING."""
-    out = lines(era, "arena 2; mmap 0 4M; madvise 2M 2M hugepage; touch 0 4K; touch 2M 4K;"
-                     " uffd_register 0 2M wp; sysfs always; khugepaged")
-    assert vmas(out[-1]) == "0x0-0x200000:uw:1:0,0x200000-0x400000:hg:1:2048"
-
-
-# --- sysfs and madvise without a change ------------------------------------------------------
-
-@EACH
-def test_sysfs_always_gives_a_thp_without_madvise(era):
-    """mm/huge_memory.c enabled_store(): "always" sets TRANSPARENT_HUGEPAGE_FLAG for every later
-    fault; a write into an unadvised VMA holding an aligned PMD then faults in a THP."""
-    out = lines(era, "arena 1; sysfs always; mmap 0 2M; touch 0 4K")
-    assert vmas(out[-1]) == "0x0-0x200000:-:1:2048"
-
-
-@BEFORE_616
-def test_madvise_without_a_change_does_not_merge(era):
-    """6.12 mm/madvise.c madvise_update_vma(): `if (new_flags == vma->vm_flags) { *prev = vma;
-    return 0; }` -- no vma_modify_flags(), so no merge attempt (6.1: the same test, before
-    vma_merge()): [nh, written][nh] stays two VMAs."""
-    out = lines(era, PAIR + "madvise 0 4M nohugepage")
-    assert (ret(out[-1]), vmas(out[-1])) == ("0", PAIR_VMAS)
-
+# --- MADV_COLLAPSE: what fork left write-protected, errors per VMA, the walk's end ----------
 
 @pytest.mark.parametrize("era, want", [
     (E61, ("-EINVAL", "0")), (E612, ("-EINVAL", "0")), (E618, ("0", "2048"))],
@@ -402,6 +356,54 @@ def test_madv_collapse_walk_ends_at_the_first_failing_vma(era):
                      " touch 4K 4K; touch 2M 4K; touch 4M 4K; madvise 0 6M collapse")
     assert (ret(out[-1]), vmas(out[-1])) == (
         "-EINVAL", "0x0-0x200000:nh:0:0,0x200000-0x400000:hg:1:2048,0x400000-0x600000:-:0:0")
+
+
+# --- collapse only of PMDs inside one VMA, and not of uffd-armed holes ----------------------
+
+@EACH
+def test_collapse_skips_a_pmd_across_two_vmas(era):
+    """MADV_COLLAPSE (6.12 mm/khugepaged.c madvise_collapse) and khugepaged
+    (khugepaged_scan_mm_slot) walk one VMA at a time, over the aligned PMDs between
+    round_up(vm_start) and round_down(vm_end): the PMD [2M, 4M) that [0, 3M) and [3M, 6M)
+    share is in neither's range and keeps its PTEs, so the page at 3M is still missing
+    (UFFDIO_COPY fills it)."""
+    text = "arena 3; mmap 0 6M; madvise 3M 3M hugepage; touch 0 4K; touch 2M 4K; touch 4M 4K; "
+    check = "; uffd_register 3M 3M missing; uffd_copy 3M 4K"
+    out = lines(era, text + "madvise 0 6M collapse" + check)
+    assert vmas(out[-3]) == "0x0-0x300000:-:0:2048,0x300000-0x600000:hg:1:2048"
+    assert ret(out[-1]) == "0"
+    out = lines(era, text + "sysfs always; khugepaged" + check)
+    assert vmas(out[-3]) == "0x0-0x300000:-:1:2048,0x300000-0x600000:hg:1:2048"
+    assert ret(out[-1]) == "0"
+
+
+@EACH
+def test_khugepaged_skips_holes_of_a_wp_registered_vma(era):
+    """6.12 mm/khugepaged.c hpage_collapse_scan_pmd(): a none PTE in a userfaultfd_armed()
+    VMA is SCAN_EXCEED_NONE_PTE, and userfaultfd_armed() (include/linux/userfaultfd_k.h) tests
+    all of __VM_UFFD_FLAGS, VM_UFFD_WP as well as VM_UFFD_MISSING."""
+    out = lines(era, "arena 2; mmap 0 4M; madvise 2M 2M hugepage; touch 0 4K; touch 2M 4K;"
+                     " uffd_register 0 2M wp; sysfs always; khugepaged")
+    assert vmas(out[-1]) == "0x0-0x200000:uw:1:0,0x200000-0x400000:hg:1:2048"
+
+
+# --- sysfs and madvise without a change ------------------------------------------------------
+
+@EACH
+def test_sysfs_always_gives_a_thp_without_madvise(era):
+    """mm/huge_memory.c enabled_store(): "always" sets TRANSPARENT_HUGEPAGE_FLAG for every later
+    fault; a write into an unadvised VMA holding an aligned PMD then faults in a THP."""
+    out = lines(era, "arena 1; sysfs always; mmap 0 2M; touch 0 4K")
+    assert vmas(out[-1]) == "0x0-0x200000:-:1:2048"
+
+
+@BEFORE_616
+def test_madvise_without_a_change_does_not_merge(era):
+    """6.12 mm/madvise.c madvise_update_vma(): `if (new_flags == vma->vm_flags) { *prev = vma;
+    return 0; }` -- no vma_modify_flags(), so no merge attempt (6.1: the same test, before
+    vma_merge()): [nh, written][nh] stays two VMAs."""
+    out = lines(era, PAIR + "madvise 0 4M nohugepage")
+    assert (ret(out[-1]), vmas(out[-1])) == ("0", PAIR_VMAS)
 
 
 # --- khugepaged registration: a merge of MADV_HUGEPAGE, and writes that take no huge path ----
