@@ -7,7 +7,7 @@ Two mutmut runs over model/rules.py and model/step.py:
 1. oracle `vmaflags prove`: every obligation of the catalogue (tests/test_proofs.py
    test_obligation, in-process, so mutmut sees which rules each one runs);
 2. the mutants that survive it, against the model tests (test_rules, test_transitions,
-   test_agreement) and the rest of tests/test_proofs.py.
+   test_agreement, test_mutants_killed) and the rest of tests/test_proofs.py.
 Then it prints the score of the proofs alone and of both, and every survivor with its place
 (file:line, the mutated line), marking those mutation/equivalent.toml explains as equivalent.
 
@@ -34,7 +34,8 @@ WORK = ROOT / ".mutation"
 TARGETS = ("model/rules.py", "model/step.py")
 PACKAGES = {"vmaflags": "vmaflags", "vmaflags/model": "model", "vmaflags/proofs": "proofs",
             "vmaflags/conformance": "conformance"}
-MODEL_TESTS = ("tests/test_rules.py", "tests/test_transitions.py", "tests/test_agreement.py")
+MODEL_TESTS = ("tests/test_rules.py", "tests/test_transitions.py", "tests/test_agreement.py",
+               "tests/test_mutants_killed.py")
 PROOFS = "tests/test_proofs.py::test_obligation"
 
 CONFTEST = '''# mutation/run.py: every test starts with nothing memoised (mutants run in forks of a
