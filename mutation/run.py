@@ -15,7 +15,8 @@ mutmut 3 needs a package laid out under its import name and skips decorated func
 the run happens in a work tree (.mutation/, not in git) where the package is assembled as
 pyproject's package-dir maps it and `@memo_concrete` is applied after each definition instead
 of as a decorator (the same function, memoised the same way).  A pytest plugin there forgets
-every memoised result before each test: mutmut forks each mutant's run from a warm process.
+every memoised result before each test, the test modules' own caches included: mutmut forks
+each mutant's run from a warm process, whose Z3 steps were built from the unmutated code.
 """
 from __future__ import annotations
 
@@ -39,7 +40,10 @@ MODEL_TESTS = ("tests/test_rules.py", "tests/test_transitions.py", "tests/test_a
 PROOFS = "tests/test_proofs.py::test_obligation"
 
 CONFTEST = '''# mutation/run.py: every test starts with nothing memoised (mutants run in forks of a
-# process that has run the unmutated code).
+# process that has run the unmutated code): neither the model's and the proofs' memos nor the
+# caches of the test modules (e.g. Z3 steps that test_agreement built from the unmutated code).
+import sys
+
 import pytest  # noqa: E402
 
 
@@ -50,6 +54,11 @@ def _forget_memoised_results():
     concrete.clear_caches()
     restore.restore_run.cache_clear()
     contract.any_step.cache_clear()
+    for name, module in list(sys.modules.items()):
+        if name.startswith("test_"):
+            for value in list(vars(module).values()):
+                if callable(getattr(value, "cache_clear", None)):
+                    value.cache_clear()
     yield
 '''
 

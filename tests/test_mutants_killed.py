@@ -543,14 +543,9 @@ def test_every_reachable_state_is_sane(era_id, script):
         assert r.child is None or _is_sane(r.child), sc.text()
 
 
-_steps: dict = {}
-
-
+@lru_cache(maxsize=None)
 def _symbolic_step(era_id, shp, sc):
-    key = (era_id, shp, symbolic.kind(sc))
-    if key not in _steps:
-        _steps[key] = symbolic.Step.build(VARIANTS[era_id], shp, sc)
-    return _steps[key]
+    return symbolic.Step.build(VARIANTS[era_id], shp, sc)
 
 
 # States random scripts seldom reach: a registered mm going on (every call site then has
