@@ -314,6 +314,63 @@ def _no_collapse_window(p: Program, r) -> list[Fact]:
                  "its VMA", (t,))]
 
 
+def _pmd_range(k: int) -> str:
+    return f"PMD {k} ({k * PMD:#x}-{(k + 1) * PMD:#x})"
+
+
+def _thp_gone(p: Program, r) -> list[Fact]:
+    """criu-thp-kept, criu-khugepaged-registered: a PMD that is a THP in the dump's last
+    observation is not one in the restore's (for the latter both end with a khugepaged scan,
+    proofs/backing.py CLAIMS: the list itself is not visible from user space, what a scan does
+    with it is)."""
+    dump, rest = p.last("dump"), p.last("restore")
+    lost = [k for k in range(p.arena) if prop(dump.want, "pmd_thp", k) == "huge"
+            and prop(rest.want, "pmd_thp", k) == "not huge"]
+    if not lost:
+        raise ReproduceError(f"in the model of {p.era.id} no dumped THP is lost")
+    k = lost[0]
+    ta = Term(dump.number - 1, "pmd_thp", k, "huge", f"dump {dump.label}")
+    tb = Term(rest.number - 1, "pmd_thp", k, "not huge", f"restore {rest.label}")
+    if r.theorem == "criu-thp-kept":
+        text = f"{_pmd_range(k)} is a THP in the dump, not after the restore"
+    else:
+        text = (f"after a khugepaged scan of each, {_pmd_range(k)} is a THP in the dump, "
+                "not in the restored process: it is not on khugepaged's list")
+    return [Fact(text, (ta, tb))]
+
+
+def _new_thp_in_nh(p: Program, r) -> list[Fact]:
+    """criu-no-new-thp-in-nh: a PMD that is nh (or in a THP-disabled mm) and not a THP in the
+    dump is one after some restore step -- the first such step, as the theorem looks at every
+    point of the restore."""
+    from vmaflags.proofs.backing import disabled_pmd
+
+    dump = p.last("dump")
+    state = final_state(p.era, next(x for x in p.processes if x.name == "dump"))
+    off = [k for k in range(p.arena) if prop(dump.want, "pmd_thp", k) == "not huge"
+           and disabled_pmd(PY, p.era, state, k)]
+    for c in p.steps("restore"):
+        k = next((k for k in off if not c.label.endswith("c")
+                  and prop(c.want, "pmd_thp", k) == "huge"), None)
+        if k is None:
+            continue
+        terms = [Term(dump.number - 1, "pmd_thp", k, "not huge", f"dump {dump.label}"),
+                 Term(c.number - 1, "pmd_thp", k, "huge", f"restore {c.label}")]
+        nh = next((v.start for v in dump.want.vmas if v.start < (k + 1) * PMD
+                   and k * PMD < v.end and "nh" in v.flags.split("+")), None)
+        if nh is not None:
+            terms.insert(1, Term(dump.number - 1, "nh", nh, "nh", f"dump {dump.label}"))
+            why = "nh"
+        else:
+            terms.insert(1, Term(dump.number - 1, "get", 0, prop(dump.want, "get"),
+                                 f"dump {dump.label}"))
+            why = "THP-disabled by the prctl"
+        return [Fact(f"{_pmd_range(k)}, {why} and not a THP in the dump, is a THP after "
+                     f"restore step {c.label} ({c.step.text()})", tuple(terms))]
+    raise ReproduceError(f"in the model of {p.era.id} no restore step makes a THP where the "
+                         "dump disabled it")
+
+
 def _prctl_transparent(p: Program, r) -> list[Fact]:
     return [_differs(p, "flags", p.last("with toggles"), p.last("without toggles"),
                      "VmFlags")]
@@ -371,6 +428,9 @@ def _hg_nh_exclusive(p: Program, r) -> list[Fact]:
 REFUTATIONS: dict[str, tuple[tuple[str, ...], Callable[[Program, object], list[Fact]]]] = {
     "criu-restore-original": (("dump", "restore"), _criu_restore_original),
     "no-collapse-window": (("dump", "restore"), _no_collapse_window),
+    "criu-thp-kept": (("dump", "restore"), _thp_gone),
+    "criu-khugepaged-registered": (("dump", "restore"), _thp_gone),
+    "criu-no-new-thp-in-nh": (("dump", "restore"), _new_thp_in_nh),
     "prctl-transparent": (("with toggles", "without toggles"), _prctl_transparent),
     "clr-is-neutral": (("run",), _clr_is_neutral),
     "no-return-to-neither": (("run",), _no_return_to_neither),

@@ -43,7 +43,11 @@ ROWS = [LOSS,
         ("no-collapse-window", "def-flags", "naive"),  # a khugepaged step
         ("prctl-transparent", "def-flags", None),
         ("clr-is-neutral", "def-flags-clr", None),  # a fresh mmap as the probe
-        ("no-return-to-neither", "mmf-clr", None)]
+        ("no-return-to-neither", "mmf-clr", None),
+        ("criu-thp-kept", "mmf-clr", "clr-2017"),  # a lazy phase: UFFDIO_COPY, close
+        ("criu-khugepaged-registered", "mmf", "3.5-lazy"),  # khugepaged ends both traces
+        ("criu-no-new-thp-in-nh", "def-flags", "3.19-plain")]
+BACKING = ["criu-thp-kept", "criu-khugepaged-registered", "criu-no-new-thp-in-nh"]
 
 
 @functools.cache
@@ -182,6 +186,14 @@ def test_refutation_names_what_the_solver_found(key):
     elif r.theorem == "no-collapse-window":
         pmd = re.match(r"PMD (\d+)", r.v.note).group(1)
         assert texts.startswith(f"PMD {pmd} (") and p.facts[0].terms[0].want == "huge"
+    elif r.theorem in BACKING:  # the PMD the solver's note names, as the observations show it
+        pmd = re.search(r"PMD (\d+)", " ".join([r.v.note, *r.v.difference])).group(1)
+        assert f"PMD {pmd} (" in texts
+        wants = [t.want for t in p.facts[0].terms if t.prop == "pmd_thp"]
+        assert wants == (["not huge", "huge"] if r.theorem == "criu-no-new-thp-in-nh"
+                         else ["huge", "not huge"])
+        step = re.search(r"from restore step (\d+)", r.v.note)
+        assert not step or f"after restore step {step.group(1)} (" in texts
     for f in p.facts:  # each term's value is the model's property of its record
         for t in f.terms:
             if t.prop != "fresh":
@@ -254,6 +266,28 @@ def test_the_kselftest_runs_on_this_kernel(tmp_path):
     assert f"ok 1 global.{reproduce_c.ident(p.slug)}\n" in r.stdout
     r = run(exe, other_mode(p.sysfs))  # the harness's SKIP (its exit status: a pass)
     assert "# SKIP THP enabled is [" in r.stdout and " skip:1 " in r.stdout, r.stdout
+
+
+@needs_guard
+@pytest.mark.parametrize("theorem", BACKING)
+def test_what_a_restore_does_to_thp_on_this_kernel(theorem, tmp_path):
+    """The backing theorems' counterexamples for CRIU 3.19+'s plain restore, in this kernel's
+    era, run here: each step as the model predicts it and the refutation holds (a dumped THP
+    restored as 4 KiB pages, a restored mm khugepaged does not scan, a THP in an nh VMA)."""
+    from vmaflags.proofs.expected import EXPECTED
+
+    era = host.mainline_era()
+    if era not in EXPECTED[(theorem, "3.19-plain")]:
+        pytest.skip(f"{theorem}:3.19-plain has no row in this kernel's era ({era})")
+    p = program(theorem, era, "3.19-plain")
+    exe = compile_c(reproduce_c.standalone(p), tmp_path / f"{p.slug}.c")
+    r = run(exe, p.sysfs)
+    if r.returncode == 4 and "khugepaged did not finish" in r.stdout:
+        pytest.skip("khugepaged did not finish two full scans in time")
+    assert r.returncode == 0, r.stdout + r.stderr
+    ok, bad = ktap(r.stdout)
+    assert not bad and len(ok) == len(p.checks) + len(p.facts)
+    assert f"ok {len(ok)} refutation: {p.facts[-1].text}" in ok
 
 
 @needs_guard
