@@ -250,8 +250,8 @@ def _check(era: Era, protocol: str, shp: tuple[int, ...], name: str) -> Verdict:
     sysfs, n = E.val(m, b.dump.sysfs), _arena(b.dump, m)
     dump_steps, steps = builder.trace(m), b.run.trace(m)
     observe_ = list(claim.observe)
-    cex = (replay(era, dump_steps + observe_, sysfs, n, "dump")
-           + replay(era, steps + observe_, sysfs, n, "restore", adversary=len(observe_)))
+    cex = (replay(era, dump_steps + observe_, sysfs, n, "dump", observer=len(observe_))
+           + replay(era, steps + observe_, sysfs, n, "restore", observer=len(observe_)))
     told = _replayed(era, claim, dump_steps, steps, sysfs, n, len(b.run.trace(m, b.lazy_from)))
     if told is None:
         return Verdict("unknown", "bounded", bound, cex, vac, quantified=q,

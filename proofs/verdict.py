@@ -88,7 +88,9 @@ def enabled(facts: list[Any], choice: E.Choice, ret: Any) -> tuple[str, list[str
 # Who takes a step of a counterexample: the process the theorem is about (the dumped one, a
 # run from a fresh process), CRIU's restorer, or an adversary that may act on the restorer's mm
 # at any time (a khugepaged scan, MADV_COLLAPSE by another process: process_madvise) or race
-# the process's own protection (a fault in another thread, fault-vs-prctl).
+# the process's own protection (a fault in another thread, fault-vs-prctl).  An observer's
+# steps end both traces alike only to make a difference visible (criu-khugepaged-registered's
+# khugepaged scan: the list itself cannot be read).
 ROLES = {"restore": "restorer", "khugepaged": "adversary", "collapse": "adversary",
          "fault": "adversary"}
 
@@ -98,15 +100,17 @@ def role_of(process: str) -> str:
 
 
 def replay(era: Era, steps: list[Syscall], sysfs: int, arena_blocks: int, process: str,
-           adversary: int = 0) -> list[dict]:
+           adversary: int = 0, observer: int = 0) -> list[dict]:
     """Run a trace on the concrete interpreter from a fresh process; one dict per step.  The
-    last `adversary` steps are an adversary's, taken in the process's mm."""
+    last `adversary` (or `observer`) steps are an adversary's (an observer's), taken in the
+    process's mm."""
     script = Script(tuple(steps), arena_blocks)
     out = []
     for n, (sc, o) in enumerate(zip(steps, concrete.run(era, script, sysfs)), 1):
         d = {"process": process, "step": n, "syscall": sc.text(), "observation": o.obs.text(),
              "sysfs": SYSFS_MODES[sysfs], "arena": arena_blocks,
-             "role": "adversary" if n > len(steps) - adversary else role_of(process)}
+             "role": ("observer" if n > len(steps) - observer else
+                      "adversary" if n > len(steps) - adversary else role_of(process))}
         if o.child is not None:
             d["child"] = o.child.text()
         out.append(d)

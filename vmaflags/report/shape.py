@@ -29,8 +29,9 @@ def seconds(r: dict) -> str:
 
 def role(step: dict) -> str:
     """Whose step it is: the process under test (a dumped process, a script), the restorer
-    (CRIU's restore protocol) or an adversary (khugepaged, MADV_COLLAPSE, a fault) -- a
-    collapse inside a restore's trace is the adversary the no-collapse-window proof adds."""
+    (CRIU's restore protocol), an adversary (khugepaged, MADV_COLLAPSE, a fault) -- a
+    collapse inside a restore's trace is the adversary the no-collapse-window proof adds -- or
+    an observer (proofs/verdict.py replay: the scan that ends both backing traces)."""
     if "role" in step:
         return step["role"]
     words = step.get("syscall", "").split()

@@ -333,8 +333,10 @@ def text(res: dict[str, Any]) -> str:
             "  era):"]
     out += _arguments(proofs)
     out += heading("3", "Counterexamples (from the solver, replayed on the model)")
-    out += wrap("Each step: its number, its role (the process under test, the restorer, or "
-                "an adversary: khugepaged, MADV_COLLAPSE, a fault), its process and step there, "
+    out += wrap("Each step: its number, its role (the process under test, the restorer, "
+                "an adversary: khugepaged, MADV_COLLAPSE, a fault, or an observer: a step that "
+                "ends both traces alike to make the difference visible), its process and step "
+                "there, "
                 "the syscall; under it the state after it: the return value, PR_GET (get), "
                 "and each VMA of the arena (vmas=), where", "  ")
     out += wrap(" ".join(LEGEND.split()), "  ")
