@@ -335,7 +335,7 @@ def _thp_gone(p: Program, r) -> list[Fact]:
         text = f"{_pmd_range(k)} is a THP in the dump, not after the restore"
     else:
         text = (f"after a khugepaged scan of each, {_pmd_range(k)} is a THP in the dump, "
-                "not in the restored process: it is not on khugepaged's list")
+                "not in the restored process (whose mm the model has off khugepaged's list)")
     return [Fact(text, (ta, tb))]
 
 
