@@ -474,6 +474,18 @@ def test_sigbus_on_the_pte_path_leaves_a_page_table(era):
 
 
 @EACH
+def test_sigbus_on_the_huge_path_leaves_the_pmd_none(era):
+    """6.12 mm/huge_memory.c do_huge_pmd_anonymous_page() -> __do_huge_pmd_anonymous_page():
+    in a VM_UFFD_MISSING VMA handle_userfault() comes before any pmd_populate(), so the PMD
+    stays pmd_none() and, once unregistered, the next write takes create_huge_pmd(): a THP
+    (scenario uffd-sigbus-pmd-none, checked on the kernels)."""
+    out = lines(era, "arena 1; mmap 0 2M; madvise 0 2M hugepage; uffd_register 0 2M missing;"
+                     " touch 0 4K; uffd_unregister 0 2M; touch 4K 4K")
+    assert ret(out[3]) == "SIGBUS"
+    assert (ret(out[-1]), vmas(out[-1])) == ("0", "0x0-0x200000:hg:1:2048")
+
+
+@EACH
 def test_uffd_copy_into_an_unregistered_vma(era):
     """6.12 mm/userfaultfd.c validate_dst_vma(): the destination VMA itself must be registered
     (`!dst_vma->vm_userfaultfd_ctx.ctx` -> ENOENT), whatever other VMAs are."""
