@@ -584,17 +584,21 @@ def _window_difference(cex: list[dict], k: int, taken: int, what: str, assumed: 
             + ", ".join(f"{a:#x}-{b:#x}" for a, b in lazy) + " of it await UFFDIO_COPY"]
 
 
-def _safe_pmd(era: Era, st: State, k: int) -> Any:
-    """PMD k can become a THP neither by itself nor by an adversary (restore-frame R1, R2):
-    not a THP, and not in one VMA, or THP-disabled there, or without a page table, or in a
-    userfaultfd-armed VMA with a hole."""
+def pmd_guards(B: Any, era: Era, st: State, k: int) -> dict[str, Any]:
+    """What keeps PMD k, not a THP, from becoming one by itself or by an adversary
+    (restore-frame R1, R2), by name: not in one VMA, THP-disabled there, no page table, or
+    in a userfaultfd-armed VMA with a hole (report/timeline.py shows which hold)."""
     blk = st.blocks[k]
     c0 = blk.cells[0]
-    return z3.And(z3.Not(blk.thp), z3.Or(
-        z3.Not(arena.in_one_vma(Z3, blk.cells)),
-        rules.vma_thp_disabled(Z3, era, c0.flags, st.mm, True),
-        z3.Not(blk.ptable),
-        z3.And(z3.Or(c0.um, c0.uw), z3.Not(z3.And(*(c.pop for c in blk.cells))))))
+    return {"split": B.not_(arena.in_one_vma(B, blk.cells)),
+            "disabled": rules.vma_thp_disabled(B, era, c0.flags, st.mm, True),
+            "no-ptes": B.not_(blk.ptable),
+            "uffd": B.and_(B.or_(c0.um, c0.uw), B.not_(B.and_(*(c.pop for c in blk.cells))))}
+
+
+def _safe_pmd(era: Era, st: State, k: int) -> Any:
+    """PMD k is safe: not a THP, and one of its guards holds."""
+    return z3.And(z3.Not(st.blocks[k].thp), z3.Or(*pmd_guards(Z3, era, st, k).values()))
 
 
 def _replays_thp(era: Era, steps: list[Syscall], sysfs: int, blocks: int, k: int,

@@ -8,7 +8,7 @@ evaluated on this one (as `vmaflags vm criu` does: conformance/vm/criu.py); each
 labelled with the Restore method that issued it (its phase) and the comment on the protocol's
 line that called it (CRIU's function).  The steps run on the interpreter; after each, every PMD
 holding lazy pages is judged by what the no-collapse-window proof calls safe
-(proofs/restore.py `_safe_pmd`), with the reasons it holds, and where it does not, whether
+(proofs/restore.py `pmd_guards`, the disjuncts of `_safe_pmd`), with the reasons it holds, and where it does not, whether
 khugepaged or MADV_COLLAPSE would make the PMD a THP now (restore.py `_replays_thp`).
 """
 from __future__ import annotations
@@ -18,9 +18,8 @@ import linecache
 import sys
 from dataclasses import dataclass, field
 
-import z3
 
-from vmaflags.model import arena, concrete, rules
+from vmaflags.model import concrete
 from vmaflags.model.backend import PY
 from vmaflags.model.eras import ERAS, Era
 from vmaflags.model.observe import observe
@@ -43,7 +42,7 @@ SYSFS = "madvise"
 # The eras a protocol is shown in, in this order of preference: the first in which the
 # expected table (proofs/expected.py) says its restore completes.
 PREFERENCE = ("mmf", "mmf-except-advised", "mmf-clr", "def-flags", "def-flags-clr")
-# What keeps a lazy PMD from becoming a THP: the disjuncts of restore._safe_pmd.
+# What keeps a lazy PMD from becoming a THP: restore.pmd_guards, as a reader names them.
 GUARDS = {
     "unmapped": "no VMA over the PMD yet",
     "split": "the PMD is not inside one VMA",
@@ -149,33 +148,27 @@ def _recorded(era: Era, protocol: str, dump: State) -> list[tuple[Syscall, str, 
 
 def _status(era: Era, st: State, k: int, done: list[Syscall]) -> str:
     """PMD k after `done`: the reasons it is safe (GUARDS), or what makes it a THP."""
-    from vmaflags.conformance.vm import criu
     from vmaflags.proofs import restore
 
     blk = st.blocks[k]
-    c0 = blk.cells[0]
     if blk.thp:
-        reasons, label = [], "THP"
-    else:
-        reasons = [g for g, holds in (
-            ("unmapped", not any(c.mapped for c in blk.cells)),
-            ("split", any(c.mapped for c in blk.cells)
-             and not arena.in_one_vma(PY, blk.cells)),
-            ("nh", c0.mapped and c0.nh),
-            ("prctl", c0.mapped and not c0.nh
-             and rules.vma_thp_disabled(PY, era, c0.flags, st.mm, True)),
-            ("no-ptes", any(c.mapped for c in blk.cells) and not blk.ptable),
-            ("uffd", (c0.um or c0.uw) and not all(c.pop for c in blk.cells))) if holds]
-        label = ",".join(reasons)
-    safe = bool(z3.is_true(z3.simplify(restore._safe_pmd(era, criu._literal(st), k))))
-    if safe != bool(reasons):
-        raise AssertionError(f"PMD {k}: the guards {reasons} disagree with _safe_pmd ({safe})")
-    if safe:
-        return label
+        return "THP"
+    c0, mapped = blk.cells[0], any(c.mapped for c in blk.cells)
+    g = restore.pmd_guards(PY, era, st, k)
+    # the guards as a reader names them; over nothing mapped only "unmapped" is worth saying
+    reasons = [name for name, holds in (
+        ("unmapped", not mapped),
+        ("split", mapped and g["split"]),
+        ("nh", c0.mapped and g["disabled"] and c0.nh),
+        ("prctl", c0.mapped and g["disabled"] and not c0.nh),
+        ("no-ptes", mapped and g["no-ptes"]),
+        ("uffd", g["uffd"])) if holds]
+    if reasons:
+        return ",".join(reasons)
     opened = [w for w in ("collapse", "khugepaged")
               if (w != "collapse" or era.madv_collapse)
-              and restore._replays_thp(era, done, st.sysfs, len(st.blocks), k, w)]
-    return label or ("open:" + "+".join(opened) if opened else "unsafe")
+              and restore._replays_thp(era, done, st.sysfs, len(st.blocks), k, w)[0]]
+    return "open:" + "+".join(opened) if opened else "unsafe"
 
 
 @functools.cache
