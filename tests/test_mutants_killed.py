@@ -462,27 +462,19 @@ def test_uffd_copy_stops_at_the_first_failure(era):
 # --- page tables and anon_vmas that a failing fault or copy leaves --------------------------
 
 @EACH
-def test_sigbus_on_the_pte_path_leaves_a_page_table(era):
+@pytest.mark.parametrize("advice, ahp", [("", 0), ("madvise 0 2M hugepage; ", 2048)],
+                         ids=["pte-path", "huge-path"])
+def test_a_uffd_sigbus_leaves_a_page_table_only_on_the_pte_path(era, advice, ahp):
     """6.12 mm/memory.c do_anonymous_page(): pte_alloc() comes before the userfaultfd_missing()
-    check that raises SIGBUS, so the PMD is no longer pmd_none(): after unregistering and
+    check that raises SIGBUS, so the PMD is no longer pmd_none() and, after unregistering and
     MADV_HUGEPAGE, a write takes the PTE path (__handle_mm_fault tests pmd_none() before
-    create_huge_pmd), no THP."""
-    out = lines(era, "arena 1; mmap 0 2M; uffd_register 0 2M missing; touch 0 4K;"
+    create_huge_pmd): no THP.  mm/huge_memory.c __do_huge_pmd_anonymous_page(): on the huge
+    path handle_userfault() comes before any pmd_populate(), so the PMD stays none and the
+    next write makes a THP (scenario uffd-sigbus-pmd-none, checked on the kernels)."""
+    out = lines(era, f"arena 1; mmap 0 2M; {advice}uffd_register 0 2M missing; touch 0 4K;"
                      " uffd_unregister 0 2M; madvise 0 2M hugepage; touch 4K 4K")
-    assert ret(out[2]) == "SIGBUS"
-    assert (ret(out[-1]), vmas(out[-1])) == ("0", "0x0-0x200000:hg:1:0")
-
-
-@EACH
-def test_sigbus_on_the_huge_path_leaves_the_pmd_none(era):
-    """6.12 mm/huge_memory.c do_huge_pmd_anonymous_page() -> __do_huge_pmd_anonymous_page():
-    in a VM_UFFD_MISSING VMA handle_userfault() comes before any pmd_populate(), so the PMD
-    stays pmd_none() and, once unregistered, the next write takes create_huge_pmd(): a THP
-    (scenario uffd-sigbus-pmd-none, checked on the kernels)."""
-    out = lines(era, "arena 1; mmap 0 2M; madvise 0 2M hugepage; uffd_register 0 2M missing;"
-                     " touch 0 4K; uffd_unregister 0 2M; touch 4K 4K")
-    assert ret(out[3]) == "SIGBUS"
-    assert (ret(out[-1]), vmas(out[-1])) == ("0", "0x0-0x200000:hg:1:2048")
+    assert ret(out[-4]) == "SIGBUS"
+    assert (ret(out[-1]), vmas(out[-1])) == ("0", f"0x0-0x200000:hg:1:{ahp}")
 
 
 @EACH
